@@ -1,0 +1,5 @@
+import sys
+
+from rinha.cli import main
+
+sys.exit(main())

@@ -1,0 +1,104 @@
+"""The service's settings, read once from the command line and the environment."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceConfig:
+    host: str
+    port: int | None
+    unix: str | None
+    processor_urls: dict[str, str]
+    buffer_capacity: int
+    workers: int
+    processor_timeout: float
+    settle_after: float
+    health_interval: float
+    probe_gap: float
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number")
+    return value
+
+
+def add_service_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="0.0.0.0", help="TCP address (default %(default)s)")
+    parser.add_argument(
+        "--port", type=int, default=9999, help="TCP port; 0 disables TCP (default %(default)s)"
+    )
+    parser.add_argument("--unix", metavar="PATH", help="also listen on this unix socket")
+    parser.add_argument(
+        "--buffer-capacity",
+        type=_positive_int,
+        default=16384,
+        help="accepted payments waiting for a worker; beyond it POST answers 429 (%(default)s)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=250,
+        help="payments in flight to the processors at once (default %(default)s)",
+    )
+    parser.add_argument(
+        "--processor-timeout",
+        type=_positive_float,
+        default=15.0,
+        help="seconds before a processor call is abandoned as unknown; keep it above the "
+        "processors' worst delay (default %(default)s)",
+    )
+    parser.add_argument(
+        "--settle-after",
+        type=_positive_float,
+        default=20.0,
+        help="seconds after an unknown attempt before a lookup may release the payment to "
+        "another processor (default %(default)s)",
+    )
+    parser.add_argument(
+        "--health-interval",
+        type=_positive_float,
+        default=5.0,
+        help="seconds between health-endpoint calls per processor; the processors allow one "
+        "per 5 s (default %(default)s)",
+    )
+    parser.add_argument(
+        "--probe-gap",
+        type=_positive_float,
+        default=1.0,
+        help="seconds between probes of a failing processor with a real payment (%(default)s)",
+    )
+
+
+def service_config(args: argparse.Namespace, environ: Mapping[str, str]) -> ServiceConfig:
+    return ServiceConfig(
+        host=args.host,
+        port=args.port or None,
+        unix=args.unix,
+        processor_urls={
+            "default": environ.get(
+                "PROCESSOR_DEFAULT_URL", "http://payment-processor-default:8080"
+            ),
+            "fallback": environ.get(
+                "PROCESSOR_FALLBACK_URL", "http://payment-processor-fallback:8080"
+            ),
+        },
+        buffer_capacity=args.buffer_capacity,
+        workers=args.workers,
+        processor_timeout=args.processor_timeout,
+        settle_after=args.settle_after,
+        health_interval=args.health_interval,
+        probe_gap=args.probe_gap,
+    )

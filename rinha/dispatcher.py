@@ -1,0 +1,203 @@
+"""Workers that take accepted payments from the ring buffer to the processors.
+
+Rules (SPEC.md §3, §4), each one enforced here:
+- A payment is recorded only after the processor proved it stored it, with exactly the
+  processor and requestedAt that were sent.
+- A refused attempt (500, 429, connection refused) stored nothing: route again, maybe elsewhere.
+- An unknown attempt (timeout, reset) may have been stored. The payment stays on that
+  processor and re-sends the identical body until an answer settles it: 200 or 422 mean stored
+  with that requestedAt. Refusals there prove only that the re-send stored nothing, so the
+  payment is released to go elsewhere only when `settle_after` seconds have passed since the
+  last unknown attempt (longer than a processor can hold a request) and `GET /payments/{id}`
+  says the processor does not have it.
+- A payment is never dropped: it is pending, and counted as such, until recorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+
+from rinha.buffer import RingBuffer
+from rinha.clock import format_ms, now_ms
+from rinha.health import ProcessorHealth
+from rinha.ledger import Ledger
+from rinha.payments import Payment
+from rinha.processor_client import HealthReport, Outcome, ProcessorClient, StoredPayment
+from rinha.routing import Route, RoutingState, choose_route
+
+_FIRST_BACKOFF = 0.05
+_MAX_BACKOFF = 2.0
+# Held workers re-check at least this often, whatever they are told.
+_MAX_HOLD = 1.0
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        ledger: Ledger,
+        clients: dict[str, ProcessorClient],
+        *,
+        capacity: int,
+        workers: int,
+        settle_after: float,
+        probe_gap: float,
+    ) -> None:
+        self._ledger = ledger
+        self._clients = clients
+        self._buffer: RingBuffer[Payment] = RingBuffer(capacity)
+        self._worker_count = workers
+        self._settle_after = settle_after
+        self.health = {name: ProcessorHealth(probe_gap) for name in clients}
+        self._loop = asyncio.get_running_loop()
+        self._idle: deque[asyncio.Future[None]] = deque()
+        self._change: asyncio.Future[None] = self._loop.create_future()
+        self._workers: list[asyncio.Task[None]] = []
+        self.pending_count = 0
+        self.pending_cents = 0
+
+    def start(self) -> None:
+        self._workers = [self._loop.create_task(self._work()) for _ in range(self._worker_count)]
+
+    async def drain(self, timeout: float) -> None:
+        """Wait up to `timeout` seconds for every pending payment to be recorded."""
+        deadline = self._loop.time() + timeout
+        while self.pending_count and self._loop.time() < deadline:
+            await asyncio.sleep(_FIRST_BACKOFF)
+
+    async def stop(self) -> None:
+        for worker in self._workers:
+            worker.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
+
+    def submit(self, payment: Payment) -> bool:
+        """Queue an accepted payment; False when the buffer is full."""
+        if not self._buffer.push(payment):
+            return False
+        self.pending_count += 1
+        self.pending_cents += payment.cents
+        while self._idle:
+            waiter = self._idle.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                break
+        return True
+
+    def apply_health(self, name: str, report: HealthReport) -> None:
+        if self.health[name].report(report.failing, report.min_response_ms, self._loop.time()):
+            self._announce_change()
+
+    # workers
+
+    async def _work(self) -> None:
+        while True:
+            payment = self._buffer.pop()
+            if payment is None:
+                waiter = self._loop.create_future()
+                self._idle.append(waiter)
+                await waiter
+                continue
+            await self._deliver(payment)
+            self.pending_count -= 1
+            self.pending_cents -= payment.cents
+
+    async def _deliver(self, payment: Payment) -> None:
+        while True:
+            if payment.unsettled_on is not None:
+                if await self._settle(payment):
+                    return
+                continue
+            route = self._choose()
+            if route is Route.HOLD:
+                await self._hold()
+                continue
+            if await self._attempt(payment, route.value):
+                return
+
+    def _choose(self) -> Route:
+        now = self._loop.time()
+        default, fallback = self.health["default"], self.health["fallback"]
+        return choose_route(RoutingState(default.view(now), fallback.view(now)))
+
+    async def _attempt(self, payment: Payment, name: str) -> bool:
+        """One fresh attempt on `name`; True when the payment is recorded."""
+        health = self.health[name]
+        probe = health.failing
+        if probe:
+            health.start_probe(self._loop.time())
+        payment.requested_at_ms = requested_at = now_ms()
+        try:
+            outcome = await self._clients[name].send(payment.body(format_ms(requested_at)))
+        finally:
+            if probe:
+                health.end_probe()
+        if outcome is Outcome.CONFIRMED:
+            self._ledger.record(name, requested_at, payment.cents)
+            self._observe(name, failing=False)
+            return True
+        if outcome is Outcome.DUPLICATE:
+            return await self._record_stored(payment, name)
+        if outcome is Outcome.REFUSED:
+            self._observe(name, failing=True)
+            return False
+        payment.unsettled_on = name
+        payment.unsettled_since = self._loop.time()
+        return False
+
+    async def _settle(self, payment: Payment) -> bool:
+        """Resolve an unknown attempt; True when recorded, False when released unstored."""
+        name = payment.unsettled_on
+        assert name is not None and payment.requested_at_ms is not None
+        client = self._clients[name]
+        body = payment.body(format_ms(payment.requested_at_ms))
+        backoff = _FIRST_BACKOFF
+        while True:
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, _MAX_BACKOFF)
+            outcome = await client.send(body)
+            if outcome is Outcome.CONFIRMED or outcome is Outcome.DUPLICATE:
+                self._ledger.record(name, payment.requested_at_ms, payment.cents)
+                payment.unsettled_on = None
+                return True
+            if outcome is Outcome.UNKNOWN:
+                payment.unsettled_since = self._loop.time()
+                continue
+            if self._loop.time() - payment.unsettled_since < self._settle_after:
+                continue
+            stored = await client.lookup(payment.correlation_id)
+            if isinstance(stored, StoredPayment):
+                self._ledger.record(name, stored.requested_at_ms, stored.cents)
+                payment.unsettled_on = None
+                return True
+            if stored is None:
+                payment.unsettled_on = None
+                return False
+
+    async def _record_stored(self, payment: Payment, name: str) -> bool:
+        """A 422 on a fresh attempt: record the stored payment as the processor has it."""
+        backoff = _FIRST_BACKOFF
+        while True:
+            stored = await self._clients[name].lookup(payment.correlation_id)
+            if isinstance(stored, StoredPayment):
+                self._ledger.record(name, stored.requested_at_ms, stored.cents)
+                return True
+            if stored is None:
+                return False
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, _MAX_BACKOFF)
+
+    def _observe(self, name: str, *, failing: bool) -> None:
+        health, now = self.health[name], self._loop.time()
+        if health.refused(now) if failing else health.confirmed(now):
+            self._announce_change()
+
+    def _announce_change(self) -> None:
+        self._change.set_result(None)
+        self._change = self._loop.create_future()
+
+    async def _hold(self) -> None:
+        """Wait for news about either processor, or until a probe is due."""
+        now = self._loop.time()
+        probe_due = min(h.next_probe_at() for h in self.health.values())
+        timeout = min(max(probe_due - now, _FIRST_BACKOFF), _MAX_HOLD)
+        await asyncio.wait([self._change], timeout=timeout)

@@ -1,0 +1,38 @@
+"""The ledger: every payment a processor confirmed, with the requestedAt that was sent.
+
+One small interface, several stores. `record` never waits (a store that needs I/O batches it
+off the request path); `summary` answers for an inclusive window of epoch milliseconds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+PROCESSORS = ("default", "fallback")
+
+
+@dataclass(frozen=True, slots=True)
+class Totals:
+    count: int = 0
+    cents: int = 0
+
+    def __add__(self, other: Totals) -> Totals:
+        return Totals(self.count + other.count, self.cents + other.cents)
+
+
+Summary = dict[str, Totals]
+
+
+def empty_summary() -> Summary:
+    return {name: Totals() for name in PROCESSORS}
+
+
+class Ledger(Protocol):
+    def record(self, processor: str, requested_at_ms: int, cents: int) -> None: ...
+
+    async def summary(self, from_ms: int | None, to_ms: int | None) -> Summary: ...
+
+    async def purge(self) -> None: ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,87 @@
+"""A payment as the service holds it, and the validation of `POST /payments` bodies.
+
+Money is an `int` of cents from parse to render (SPEC.md §2: amount is a positive decimal).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+import orjson
+
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+# Far above any real payment, and small enough that cents stay exact in a float.
+MAX_CENTS = 10**13
+
+
+class BadInput(Exception):
+    """Input the service refuses; `status` is the HTTP answer and `reason` its short text."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+class Payment:
+    """One accepted payment.
+
+    `requested_at_ms` is set when an attempt is sent and kept while that attempt is unsettled:
+    settling re-sends the identical body (SPEC.md §3, a 422 then proves the first went through).
+    """
+
+    __slots__ = (
+        "correlation_id",
+        "cents",
+        "_body_head",
+        "requested_at_ms",
+        "unsettled_on",
+        "unsettled_since",
+    )
+
+    def __init__(self, correlation_id: str, cents: int) -> None:
+        self.correlation_id = correlation_id
+        self.cents = cents
+        self._body_head = b'{"correlationId":"%s","amount":%s,"requestedAt":"' % (
+            correlation_id.encode(),
+            format_cents(cents),
+        )
+        self.requested_at_ms: int | None = None
+        self.unsettled_on: str | None = None
+        self.unsettled_since = 0.0
+
+    def body(self, requested_at: str) -> bytes:
+        """The processor's request body for an attempt stamped `requested_at`."""
+        return self._body_head + requested_at.encode() + b'"}'
+
+
+def format_cents(cents: int) -> bytes:
+    return b"%d.%02d" % divmod(cents, 100)
+
+
+def parse_payment(body: bytes) -> Payment:
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise BadInput(400, "body is not JSON") from None
+    if not isinstance(data, dict):
+        raise BadInput(400, "body is not a JSON object")
+    correlation_id = data.get("correlationId")
+    if not isinstance(correlation_id, str) or not _UUID.fullmatch(correlation_id):
+        raise BadInput(422, "correlationId must be a UUID")
+    return Payment(correlation_id.lower(), parse_cents(data.get("amount")))
+
+
+def parse_cents(amount: object) -> int:
+    if isinstance(amount, bool) or not isinstance(amount, int | float):
+        raise BadInput(422, "amount must be a number")
+    if not math.isfinite(amount) or amount <= 0:
+        raise BadInput(422, "amount must be positive")
+    cents = round(amount * 100)
+    if cents > MAX_CENTS:
+        raise BadInput(422, "amount is too large")
+    # cents/100 is the double nearest the decimal with two places, as parsing it would give.
+    if cents / 100 != amount:
+        raise BadInput(422, "amount must have at most two decimals")
+    return cents

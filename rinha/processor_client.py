@@ -1,0 +1,104 @@
+"""The outbound side: one pooled aiohttp session per processor, answers mapped at one boundary.
+
+Every attempt ends in exactly one `Outcome`. Only CONFIRMED and DUPLICATE prove the processor
+stored the payment; REFUSED proves it did not (SPEC.md §3: a 500 stores nothing, a 429 comes
+from the limiter, a refused connection never reached it); UNKNOWN — a timeout, a reset, an
+answer we cannot read — may have gone either way and must be settled on the same processor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from dataclasses import dataclass
+
+import aiohttp
+import orjson
+
+from rinha.clock import parse_us
+
+_JSON = {"Content-Type": "application/json"}
+
+
+class Outcome(enum.Enum):
+    CONFIRMED = "confirmed"
+    DUPLICATE = "duplicate"
+    REFUSED = "refused"
+    UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True, slots=True)
+class StoredPayment:
+    requested_at_ms: int
+    cents: int
+
+
+@dataclass(frozen=True, slots=True)
+class HealthReport:
+    failing: bool
+    min_response_ms: int
+
+
+_BY_STATUS = {200: Outcome.CONFIRMED, 422: Outcome.DUPLICATE, 429: Outcome.REFUSED}
+
+
+def _outcome_of(status: int) -> Outcome:
+    if status in _BY_STATUS:
+        return _BY_STATUS[status]
+    # 500 is the processor's "failing"; other 4xx mean it rejected the request unstored.
+    if status == 500 or 400 <= status < 500:
+        return Outcome.REFUSED
+    return Outcome.UNKNOWN
+
+
+class ProcessorClient:
+    def __init__(self, name: str, base_url: str, *, connections: int, timeout: float) -> None:
+        self.name = name
+        self._payments_url = base_url.rstrip("/") + "/payments"
+        self._health_url = self._payments_url + "/service-health"
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=connections, keepalive_timeout=60),
+            timeout=aiohttp.ClientTimeout(total=timeout),
+            skip_auto_headers=("User-Agent",),
+        )
+
+    async def send(self, body: bytes) -> Outcome:
+        try:
+            async with self._session.post(self._payments_url, data=body, headers=_JSON) as answer:
+                await answer.read()
+                return _outcome_of(answer.status)
+        except aiohttp.ClientConnectorError:
+            return Outcome.REFUSED
+        except (aiohttp.ClientError, asyncio.TimeoutError):
+            return Outcome.UNKNOWN
+
+    async def lookup(self, correlation_id: str) -> StoredPayment | None | Outcome:
+        """The stored payment, None when the processor has none, UNKNOWN when it cannot say."""
+        try:
+            async with self._session.get(f"{self._payments_url}/{correlation_id}") as answer:
+                body = await answer.read()
+                if answer.status == 404:
+                    return None
+                if answer.status != 200:
+                    return Outcome.UNKNOWN
+                stored = orjson.loads(body)
+                return StoredPayment(
+                    parse_us(stored["requestedAt"]) // 1000, round(stored["amount"] * 100)
+                )
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, KeyError, TypeError):
+            return Outcome.UNKNOWN
+
+    async def health(self) -> HealthReport | None:
+        """The health endpoint's answer, or None when rate limited or unreachable."""
+        try:
+            async with self._session.get(self._health_url) as answer:
+                body = await answer.read()
+                if answer.status != 200:
+                    return None
+                report = orjson.loads(body)
+                return HealthReport(bool(report["failing"]), int(report["minResponseTime"]))
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, KeyError, TypeError):
+            return None
+
+    async def close(self) -> None:
+        await self._session.close()

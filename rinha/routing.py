@@ -1,0 +1,46 @@
+"""Where the next attempt goes: a pure function of what is known about both processors.
+
+The default processor's fee is always the lower one (SPEC.md §1), so it is preferred whenever
+it is not failing, however slow: a slow answer costs nothing once the client has its 202. The
+fallback is used only while the default is failing; with both failing, payments are held.
+
+A failing processor is re-tried with one probe at a time, sent with a real payment (a refused
+probe costs nothing: the payment is retried), so recovery is seen before the next health report.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class Route(enum.Enum):
+    DEFAULT = "default"
+    FALLBACK = "fallback"
+    HOLD = "hold"
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessorView:
+    """What one processor looks like now, from health reports and real answers."""
+
+    failing: bool
+    probe_allowed: bool  # failing, but no probe is in flight and the last one is old enough
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingState:
+    default: ProcessorView
+    fallback: ProcessorView
+
+
+def _usable(view: ProcessorView) -> bool:
+    return not view.failing or view.probe_allowed
+
+
+def choose_route(state: RoutingState) -> Route:
+    if _usable(state.default):
+        return Route.DEFAULT
+    if _usable(state.fallback):
+        return Route.FALLBACK
+    return Route.HOLD

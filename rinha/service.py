@@ -1,0 +1,59 @@
+"""One service instance: listeners, dispatcher, ledger and health poller, started and stopped
+in order (stop like uvicorn's `Server.shutdown`: close listeners, drain, cancel at a deadline)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from rinha.app import App
+from rinha.cluster import poll_health
+from rinha.config import ServiceConfig
+from rinha.dispatcher import Dispatcher
+from rinha.http import HttpServer
+from rinha.ledger.embedded import EmbeddedLedger
+from rinha.processor_client import ProcessorClient
+
+log = logging.getLogger("rinha")
+
+
+async def run_service(config: ServiceConfig) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+
+    clients = {
+        name: ProcessorClient(
+            name, url, connections=config.workers, timeout=config.processor_timeout
+        )
+        for name, url in config.processor_urls.items()
+    }
+    ledger = EmbeddedLedger()
+    dispatcher = Dispatcher(
+        ledger,
+        clients,
+        capacity=config.buffer_capacity,
+        workers=config.workers,
+        settle_after=config.settle_after,
+        probe_gap=config.probe_gap,
+    )
+    dispatcher.start()
+    poller = loop.create_task(poll_health(dispatcher, clients, config.health_interval))
+    server = HttpServer(App(dispatcher, ledger).handle)
+    if config.port is not None:
+        await server.listen_tcp(config.host, config.port)
+    if config.unix is not None:
+        await server.listen_unix(config.unix)
+
+    await stop.wait()
+    await server.shutdown()
+    await dispatcher.drain(config.processor_timeout)
+    poller.cancel()
+    await dispatcher.stop()
+    if dispatcher.pending_count:
+        log.warning("stopped with %d payments still pending", dispatcher.pending_count)
+    for client in clients.values():
+        await client.close()
+    await ledger.close()

@@ -1,0 +1,87 @@
+"""Real processes for the tests: start a command, wait until it answers HTTP, stop it at the end."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def call(
+    port: int,
+    method: str,
+    path: str,
+    body: Any = None,
+    headers: dict[str, str] | None = None,
+    timeout: float = 10.0,
+) -> Reply:
+    """One HTTP request on a fresh connection; `body` that is not bytes is sent as JSON."""
+    all_headers = dict(headers or {})
+    if body is not None and not isinstance(body, bytes):
+        body = json.dumps(body).encode()
+        all_headers.setdefault("Content-Type", "application/json")
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request(method, path, body=body, headers=all_headers)
+        answer = conn.getresponse()
+        return Reply(answer.status, {k.lower(): v for k, v in answer.getheaders()}, answer.read())
+    finally:
+        conn.close()
+
+
+@dataclass
+class Process:
+    """A child process started with `python -m ...`, listening on `port`."""
+
+    args: list[str]
+    port: int
+    env: dict[str, str] = field(default_factory=dict)
+    popen: subprocess.Popen[bytes] | None = None
+
+    def start(self, ready_path: str, timeout: float = 15.0) -> Process:
+        self.popen = subprocess.Popen(
+            [sys.executable, *self.args], env={**os.environ, **self.env}, start_new_session=True
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.popen.poll() is not None:
+                raise RuntimeError(f"{self.args} exited with {self.popen.returncode}")
+            try:
+                call(self.port, "GET", ready_path, timeout=1.0)
+                return self
+            except OSError:
+                time.sleep(0.05)
+        raise TimeoutError(f"{self.args} did not answer on port {self.port}")
+
+    def stop(self, sig: int = signal.SIGTERM) -> int | None:
+        if self.popen is None or self.popen.poll() is not None:
+            return None if self.popen is None else self.popen.returncode
+        self.popen.send_signal(sig)
+        try:
+            return self.popen.wait(10)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            return self.popen.wait()
