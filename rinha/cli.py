@@ -21,7 +21,37 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run one service instance")
     add_service_options(serve)
+    up = commands.add_parser(
+        "up",
+        help="run HAProxy, three replicas and, unless PROCESSOR_DEFAULT_URL and "
+        "PROCESSOR_FALLBACK_URL are set, two processor emulators",
+    )
+    up.add_argument("--port", type=int, default=9999, help="public port (default %(default)s)")
+    up.add_argument(
+        "--stats-port", type=int, default=9998, help="HAProxy stats page (default %(default)s)"
+    )
+    up.add_argument(
+        "--fees",
+        choices=("final", "preview"),
+        default="final",
+        help="emulators' fees: final 7%%/10%%, preview 5%%/15%% (default %(default)s)",
+    )
+    up.add_argument(
+        "--processor-ports",
+        type=_port_pair,
+        default=(8001, 8002),
+        metavar="DEFAULT,FALLBACK",
+        help="emulators' ports (default 8001,8002)",
+    )
     return parser
+
+
+def _port_pair(text: str) -> tuple[int, int]:
+    try:
+        default, fallback = (int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected two ports, e.g. 8001,8002") from None
+    return default, fallback
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,4 +66,18 @@ def main(argv: list[str] | None = None) -> int:
         except OSError as error:
             print(f"rinha: cannot listen: {error}", file=sys.stderr)
             return 1
-    return 0
+        return 0
+    from rinha.stack import StackError, StackOptions, default_run_dir, run_stack
+
+    given = [os.environ.get(f"PROCESSOR_{name.upper()}_URL") for name in ("default", "fallback")]
+    urls = None
+    if all(given):
+        urls = {"default": given[0], "fallback": given[1]}
+    options = StackOptions(
+        args.port, args.stats_port, args.fees, args.processor_ports, urls, default_run_dir()
+    )
+    try:
+        return run_stack(options)
+    except StackError as error:
+        print(f"rinha: {error}", file=sys.stderr)
+        return 1

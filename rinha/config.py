@@ -12,6 +12,9 @@ class ServiceConfig:
     host: str
     port: int | None
     unix: str | None
+    control: str | None
+    peers: tuple[str, ...]
+    poll_health: bool
     processor_urls: dict[str, str]
     buffer_capacity: int
     workers: int
@@ -41,6 +44,24 @@ def add_service_options(parser: argparse.ArgumentParser) -> None:
         "--port", type=int, default=9999, help="TCP port; 0 disables TCP (default %(default)s)"
     )
     parser.add_argument("--unix", metavar="PATH", help="also listen on this unix socket")
+    parser.add_argument(
+        "--control",
+        metavar="PATH",
+        help="unix socket where peer replicas reach this one's ledger (cluster mode)",
+    )
+    parser.add_argument(
+        "--peer",
+        metavar="PATH",
+        action="append",
+        default=[],
+        help="control socket of another replica; repeat for each (cluster mode)",
+    )
+    parser.add_argument(
+        "--no-health-poll",
+        action="store_true",
+        help="do not call the processors' health endpoint: another replica polls it and "
+        "pushes its reports here",
+    )
     parser.add_argument(
         "--buffer-capacity",
         type=_positive_int,
@@ -87,6 +108,9 @@ def service_config(args: argparse.Namespace, environ: Mapping[str, str]) -> Serv
         host=args.host,
         port=args.port or None,
         unix=args.unix,
+        control=args.control,
+        peers=tuple(args.peer),
+        poll_health=not args.no_health_poll,
         processor_urls={
             "default": environ.get(
                 "PROCESSOR_DEFAULT_URL", "http://payment-processor-default:8080"

@@ -20,6 +20,8 @@ Idle keep-alive connections are closed by one sweep per server rather than a tim
 from __future__ import annotations
 
 import asyncio
+import os
+import stat
 from collections import deque
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -296,6 +298,9 @@ class HttpServer:
         self._start(listener)
 
     async def listen_unix(self, path: str) -> None:
+        # A socket file left by a killed process would make the bind fail.
+        if os.path.exists(path) and stat.S_ISSOCK(os.stat(path).st_mode):
+            os.unlink(path)
         loop = asyncio.get_running_loop()
         listener = await loop.create_unix_server(self._protocol, path, backlog=4096)
         self._start(listener)

@@ -8,12 +8,12 @@ import logging
 import signal
 
 from rinha.app import App
-from rinha.cluster import poll_health
+from rinha.cluster import PeerUnavailable, Peers, poll_health
 from rinha.config import ServiceConfig
 from rinha.dispatcher import Dispatcher
 from rinha.http import HttpServer
 from rinha.ledger.embedded import EmbeddedLedger
-from rinha.processor_client import ProcessorClient
+from rinha.processor_client import HealthReport, ProcessorClient
 
 log = logging.getLogger("rinha")
 
@@ -39,9 +39,26 @@ async def run_service(config: ServiceConfig) -> None:
         settle_after=config.settle_after,
         probe_gap=config.probe_gap,
     )
+    peers = Peers(config.peers) if config.peers else None
+    app = App(dispatcher, ledger, peers)
+
+    async def publish(reports: dict[str, HealthReport]) -> None:
+        for name, report in reports.items():
+            dispatcher.apply_health(name, report)
+        if peers is not None:
+            try:
+                await peers.push_health(reports)
+            except PeerUnavailable as error:
+                log.warning("health report not delivered to every peer: %s", error)
+
     dispatcher.start()
-    poller = loop.create_task(poll_health(dispatcher, clients, config.health_interval))
-    server = HttpServer(App(dispatcher, ledger).handle)
+    poller = None
+    if config.poll_health:
+        poller = loop.create_task(poll_health(clients, config.health_interval, publish))
+    control = HttpServer(app.handle_control)
+    if config.control is not None:
+        await control.listen_unix(config.control)
+    server = HttpServer(app.handle)
     if config.port is not None:
         await server.listen_tcp(config.host, config.port)
     if config.unix is not None:
@@ -50,10 +67,14 @@ async def run_service(config: ServiceConfig) -> None:
     await stop.wait()
     await server.shutdown()
     await dispatcher.drain(config.processor_timeout)
-    poller.cancel()
+    if poller is not None:
+        poller.cancel()
     await dispatcher.stop()
+    await control.shutdown()
     if dispatcher.pending_count:
         log.warning("stopped with %d payments still pending", dispatcher.pending_count)
     for client in clients.values():
         await client.close()
+    if peers is not None:
+        await peers.close()
     await ledger.close()

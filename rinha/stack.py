@@ -1,0 +1,188 @@
+"""`python -m rinha up`: the whole stack on one machine, with no Docker and no database.
+
+HAProxy on the public port reaches three replicas over unix sockets (haproxy/haproxy.cfg);
+replica 1 polls the processors' health and pushes it to the others; unless processor URLs are
+given, two processor emulators run beside them with the fees of the chosen scenario. Children
+start in dependency order, each waited for until it answers, and stop in reverse order.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HAPROXY_CONFIG = Path(__file__).resolve().parent.parent / "haproxy" / "haproxy.cfg"
+FEES = {"final": ("0.07", "0.10"), "preview": ("0.05", "0.15")}
+REPLICAS = 3
+START_TIMEOUT = 20.0
+
+
+class StackError(Exception):
+    """The stack cannot start; the message says why and what to do."""
+
+
+def answers_http(address: int | str) -> bool:
+    """True when something speaks HTTP on this TCP port (int) or unix socket (str)."""
+    family = socket.AF_INET if isinstance(address, int) else socket.AF_UNIX
+    target = ("127.0.0.1", address) if isinstance(address, int) else address
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.settimeout(1.0)
+            sock.connect(target)
+            sock.sendall(b"GET /ready HTTP/1.1\r\nHost: stack\r\nConnection: close\r\n\r\n")
+            return sock.recv(16).startswith(b"HTTP/1.")
+    except OSError:
+        return False
+
+
+@dataclass
+class Child:
+    name: str
+    command: list[str]
+    address: int | str
+    env: Mapping[str, str] = field(default_factory=dict)
+    popen: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.popen = subprocess.Popen(self.command, env={**os.environ, **self.env})
+
+    def wait_ready(self, deadline: float) -> None:
+        assert self.popen is not None
+        while not answers_http(self.address):
+            if self.popen.poll() is not None:
+                raise StackError(f"{self.name} exited with status {self.popen.returncode}")
+            if time.monotonic() > deadline:
+                raise StackError(f"{self.name} did not answer within {START_TIMEOUT:.0f} s")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.popen is None or self.popen.poll() is not None:
+            return
+        self.popen.terminate()
+        try:
+            self.popen.wait(20)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            self.popen.wait()
+
+
+@dataclass(frozen=True, slots=True)
+class StackOptions:
+    port: int
+    stats_port: int
+    fees: str
+    processor_ports: tuple[int, int]
+    processor_urls: dict[str, str] | None  # given: no emulators are started
+    run_dir: Path
+
+
+def plan(options: StackOptions) -> list[Child]:
+    """Every child of the stack, in start order."""
+    python = sys.executable
+    children: list[Child] = []
+    urls = options.processor_urls
+    if urls is None:
+        urls = {}
+        for name, port, fee in zip(
+            ("default", "fallback"), options.processor_ports, FEES[options.fees]
+        ):
+            urls[name] = f"http://127.0.0.1:{port}"
+            command = [python, "-m", "rinha.processor", "--port", str(port), "--fee", fee]
+            children.append(Child(f"processor-{name}", command, port))
+    sockets = [str(options.run_dir / f"replica-{i}.sock") for i in range(1, REPLICAS + 1)]
+    controls = [str(options.run_dir / f"replica-{i}.control") for i in range(1, REPLICAS + 1)]
+    env = {"PROCESSOR_DEFAULT_URL": urls["default"], "PROCESSOR_FALLBACK_URL": urls["fallback"]}
+    for index, (unix, control) in enumerate(zip(sockets, controls)):
+        command = [python, "-m", "rinha", "serve", "--port", "0", "--unix", unix]
+        command += ["--control", control]
+        for peer in controls:
+            if peer != control:
+                command += ["--peer", peer]
+        if index:
+            command.append("--no-health-poll")
+        children.append(Child(f"replica-{index + 1}", command, unix, env))
+    haproxy = shutil.which("haproxy")
+    if haproxy is None:
+        raise StackError(
+            "haproxy is not installed; on Debian or Ubuntu: apt-get install -y haproxy"
+        )
+    haproxy_env = {
+        "RINHA_BIND": f":{options.port}",
+        "RINHA_STATS_BIND": f"127.0.0.1:{options.stats_port}",
+        "RINHA_SOCKET_DIR": str(options.run_dir),
+    }
+    command = [haproxy, "-db", "-f", str(HAPROXY_CONFIG)]
+    children.append(Child("haproxy", command, options.port, haproxy_env))
+    return children
+
+
+def describe(options: StackOptions, children: list[Child]) -> str:
+    lines = [
+        f"rinha is up on http://127.0.0.1:{options.port}",
+        f"  haproxy stats   http://127.0.0.1:{options.stats_port}/",
+    ]
+    for child in children:
+        if child.name.startswith("replica"):
+            lines.append(f"  {child.name:<15} {child.address}")
+    if options.processor_urls is None:
+        fee_default, fee_fallback = FEES[options.fees]
+        port_default, port_fallback = options.processor_ports
+        lines.append(f"  processor       default  http://127.0.0.1:{port_default} fee {fee_default}")
+        lines.append(
+            f"  processor       fallback http://127.0.0.1:{port_fallback} fee {fee_fallback}"
+        )
+    else:
+        for name, url in options.processor_urls.items():
+            lines.append(f"  processor       {name:<8} {url}")
+    lines.append("Ctrl-C stops everything.")
+    return "\n".join(lines)
+
+
+def run_stack(options: StackOptions) -> int:
+    children = plan(options)
+    stop_requested = False
+
+    def request_stop(signum: int, frame: object) -> None:
+        nonlocal stop_requested
+        stop_requested = True
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    started: list[Child] = []
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        # HAProxy last, so its first checks find every replica listening.
+        *services, haproxy = children
+        for child in services:
+            child.start()
+            started.append(child)
+        for child in services:
+            child.wait_ready(deadline)
+        haproxy.start()
+        started.append(haproxy)
+        haproxy.wait_ready(deadline)
+        print(describe(options, children), flush=True)
+        while not stop_requested:
+            for child in children:
+                if child.popen is not None and child.popen.poll() is not None:
+                    print(f"rinha: {child.name} exited with status {child.popen.returncode}")
+                    child.popen = None
+            time.sleep(0.2)
+        return 0
+    finally:
+        for child in reversed(started):
+            child.stop()
+        shutil.rmtree(options.run_dir, ignore_errors=True)
+
+
+def default_run_dir() -> Path:
+    return Path(tempfile.mkdtemp(prefix="rinha-"))
