@@ -13,14 +13,15 @@ from rinha.cluster import (
     HEALTH_PATH,
     PURGE_PATH,
     SUMMARY_PATH,
-    PeerUnavailable,
     Peers,
+    PeerUnavailable,
     decode_health,
     encode_totals,
 )
 from rinha.dispatcher import Dispatcher
 from rinha.http import Answer, Request, response
-from rinha.ledger import Ledger, Summary, Totals
+from rinha.journal import Journal, NoJournal
+from rinha.ledger import Ledger, LedgerUnavailable, Summary, Totals
 from rinha.payments import BadInput, format_cents, parse_payment
 
 ACCEPTED = response(202)
@@ -30,6 +31,8 @@ BUFFER_FULL = response(429, b'{"error":"too many pending payments, retry later"}
 NOT_FOUND = response(404, b'{"error":"no such route"}')
 METHOD_NOT_ALLOWED = response(405, b'{"error":"method not allowed"}')
 PEER_UNAVAILABLE = response(503, b'{"error":"a replica did not answer; totals unknown"}')
+JOURNAL_UNAVAILABLE = response(503, b'{"error":"cannot keep the payment now, retry later"}')
+LEDGER_UNAVAILABLE = response(503, b'{"error":"the ledger store did not answer; totals unknown"}')
 
 
 def bad_input(status: int, reason: str) -> bytes:
@@ -60,11 +63,19 @@ def render_summary(summary: Summary) -> bytes:
 
 
 class App:
-    def __init__(self, dispatcher: Dispatcher, ledger: Ledger, peers: Peers | None) -> None:
+    def __init__(
+        self,
+        dispatcher: Dispatcher,
+        ledger: Ledger,
+        journal: Journal | NoJournal,
+        peers: Peers | None,
+        accepted: set[str],
+    ) -> None:
         self._dispatcher = dispatcher
         self._ledger = ledger
+        self._journal = journal
         self._peers = peers
-        self._accepted: set[str] = set()
+        self._accepted = accepted
 
     def handle(self, request: Request) -> Answer:
         path, method = request.path, request.method
@@ -95,14 +106,23 @@ class App:
             return bad_input(error.status, error.reason)
         if payment.correlation_id in self._accepted:
             return ACCEPTED
-        if not self._dispatcher.submit(payment):
+        if self._dispatcher.full:
             return BUFFER_FULL
+        # Journaled before it is queued or answered: a 202 is never lost to a crash.
+        try:
+            self._journal.accepted(payment)
+        except OSError:
+            return JOURNAL_UNAVAILABLE
+        self._dispatcher.submit(payment)
         self._accepted.add(payment.correlation_id)
         return ACCEPTED
 
-    async def _totals(self, from_ms: int | None, to_ms: int | None) -> Summary:
-        """This replica's ledger over the window, and what it still has pending."""
-        totals = await self._ledger.summary(from_ms, to_ms)
+    async def _totals(self, from_ms: int | None, to_ms: int | None, *, peer: bool) -> Summary:
+        """What this replica adds to a summary: what it still has pending, and its ledger over
+        the window unless a peer asks about a shared ledger (the asker reads that itself)."""
+        totals: Summary = {}
+        if not (peer and self._ledger.shared):
+            totals = await self._ledger.summary(from_ms, to_ms)
         dispatcher = self._dispatcher
         totals["pending"] = Totals(dispatcher.pending_count, dispatcher.pending_cents)
         return totals
@@ -112,18 +132,24 @@ class App:
             from_ms, to_ms = window_bounds(query)
         except BadInput as error:
             return bad_input(error.status, error.reason)
-        totals = await self._totals(from_ms, to_ms)
-        if self._peers is not None:
-            try:
+        try:
+            totals = await self._totals(from_ms, to_ms, peer=False)
+            if self._peers is not None:
                 for peer_totals in await self._peers.totals(query):
                     for name, peer in peer_totals.items():
                         totals[name] = totals[name] + peer
-            except PeerUnavailable:
-                return PEER_UNAVAILABLE
+        except PeerUnavailable:
+            return PEER_UNAVAILABLE
+        except LedgerUnavailable:
+            return LEDGER_UNAVAILABLE
         return response(200, render_summary(totals))
 
     async def _local_summary(self, query: bytes) -> bytes:
-        return response(200, encode_totals(await self._totals(*window_bounds(query))))
+        try:
+            totals = await self._totals(*window_bounds(query), peer=True)
+        except LedgerUnavailable:
+            return LEDGER_UNAVAILABLE
+        return response(200, encode_totals(totals))
 
     async def _purge(self) -> bytes:
         if self._peers is not None:
@@ -134,6 +160,7 @@ class App:
         return await self._local_purge()
 
     async def _local_purge(self) -> bytes:
+        self._journal.purged()
         await self._ledger.purge()
         self._accepted.clear()
         return PURGED

@@ -8,7 +8,7 @@ T = TypeVar("T")
 
 
 class RingBuffer(Generic[T]):
-    __slots__ = ("_slots", "_capacity", "_head", "_size")
+    __slots__ = ("_capacity", "_head", "_size", "_slots")
 
     def __init__(self, capacity: int) -> None:
         if capacity < 1:
@@ -42,4 +42,3 @@ class RingBuffer(Generic[T]):
         self._head = (self._head + 1) % self._capacity
         self._size -= 1
         return item
-

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -43,7 +44,26 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DEFAULT,FALLBACK",
         help="emulators' ports (default 8001,8002)",
     )
+    up.add_argument(
+        "--cgroups",
+        type=_cgroups,
+        default={},
+        metavar="JSON",
+        help='start children inside existing cgroup v1 directories, e.g. {"haproxy": '
+        '["/sys/fs/cgroup/cpu/x", "/sys/fs/cgroup/memory/x"]} (python -m rinha.bench '
+        "k6 --limits contest)",
+    )
     return parser
+
+
+def _cgroups(text: str) -> dict[str, tuple[str, ...]]:
+    try:
+        given = json.loads(text)
+        return {str(name): tuple(str(path) for path in paths) for name, paths in given.items()}
+    except (ValueError, AttributeError, TypeError):
+        raise argparse.ArgumentTypeError(
+            "expected a JSON object of child name to a list of directories"
+        ) from None
 
 
 def _port_pair(text: str) -> tuple[int, int]:
@@ -60,7 +80,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         from rinha.service import run_service
 
-        config = service_config(args, os.environ)
+        try:
+            config = service_config(args, os.environ)
+        except ValueError as error:
+            print(f"rinha: {error}", file=sys.stderr)
+            return 2
         try:
             uvloop.run(run_service(config))
         except OSError as error:
@@ -74,7 +98,13 @@ def main(argv: list[str] | None = None) -> int:
     if all(given):
         urls = {"default": given[0], "fallback": given[1]}
     options = StackOptions(
-        args.port, args.stats_port, args.fees, args.processor_ports, urls, default_run_dir()
+        args.port,
+        args.stats_port,
+        args.fees,
+        args.processor_ports,
+        urls,
+        default_run_dir(),
+        args.cgroups,
     )
     try:
         return run_stack(options)

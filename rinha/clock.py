@@ -7,9 +7,9 @@ milliseconds (SPEC.md §3), so the service stamps, stores and compares whole mil
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _second_cache: tuple[int, str] = (-1, "")
 
 
@@ -23,7 +23,7 @@ def format_ms(ms: int) -> str:
     seconds, millis = divmod(ms, 1000)
     if _second_cache[0] != seconds:
         _second_cache = (seconds, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)))
-    return "%s.%03dZ" % (_second_cache[1], millis)
+    return f"{_second_cache[1]}.{millis:03d}Z"
 
 
 def parse_us(text: str) -> int:
@@ -33,6 +33,6 @@ def parse_us(text: str) -> int:
     """
     moment = datetime.fromisoformat(text)
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
+        moment = moment.replace(tzinfo=UTC)
     delta = moment - _EPOCH
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds

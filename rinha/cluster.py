@@ -68,7 +68,7 @@ class Peers:
 
         try:
             return await asyncio.gather(*(one(session) for session in self._sessions))
-        except (aiohttp.ClientError, asyncio.TimeoutError) as error:
+        except (TimeoutError, aiohttp.ClientError) as error:
             raise PeerUnavailable(str(error) or type(error).__name__) from error
 
     async def totals(self, query: bytes) -> list[Summary]:

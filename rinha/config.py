@@ -6,6 +6,8 @@ import argparse
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from rinha.ledger import STORE_SCHEMES
+
 
 @dataclass(frozen=True, slots=True)
 class ServiceConfig:
@@ -15,6 +17,9 @@ class ServiceConfig:
     control: str | None
     peers: tuple[str, ...]
     poll_health: bool
+    ledger_url: str | None
+    journal: str | None
+    journal_fsync: bool
     processor_urls: dict[str, str]
     buffer_capacity: int
     workers: int
@@ -63,6 +68,17 @@ def add_service_options(parser: argparse.ArgumentParser) -> None:
         "pushes its reports here",
     )
     parser.add_argument(
+        "--journal",
+        metavar="PATH",
+        help="append-only file that keeps accepted and confirmed payments across a crash; "
+        "without it a crash loses what the replica held",
+    )
+    parser.add_argument(
+        "--journal-fsync",
+        action="store_true",
+        help="flush the journal to disk before each 202 (survives power loss; slower)",
+    )
+    parser.add_argument(
         "--buffer-capacity",
         type=_positive_int,
         default=16384,
@@ -104,6 +120,10 @@ def add_service_options(parser: argparse.ArgumentParser) -> None:
 
 
 def service_config(args: argparse.Namespace, environ: Mapping[str, str]) -> ServiceConfig:
+    """Raises ValueError for a setting from the environment that cannot work."""
+    ledger_url = environ.get("RINHA_LEDGER") or None
+    if ledger_url is not None and not ledger_url.startswith(STORE_SCHEMES):
+        raise ValueError(f"RINHA_LEDGER must be empty or a mongodb:// URL, not {ledger_url!r}")
     return ServiceConfig(
         host=args.host,
         port=args.port or None,
@@ -111,6 +131,9 @@ def service_config(args: argparse.Namespace, environ: Mapping[str, str]) -> Serv
         control=args.control,
         peers=tuple(args.peer),
         poll_health=not args.no_health_poll,
+        ledger_url=ledger_url,
+        journal=args.journal,
+        journal_fsync=args.journal_fsync,
         processor_urls={
             "default": environ.get(
                 "PROCESSOR_DEFAULT_URL", "http://payment-processor-default:8080"

@@ -5,11 +5,10 @@ Rules (SPEC.md §3, §4), each one enforced here:
   processor and requestedAt that were sent.
 - A refused attempt (500, 429, connection refused) stored nothing: route again, maybe elsewhere.
 - An unknown attempt (timeout, reset) may have been stored. The payment stays on that
-  processor and re-sends the identical body until an answer settles it: 200 or 422 mean stored
-  with that requestedAt. Refusals there prove only that the re-send stored nothing, so the
-  payment is released to go elsewhere only when `settle_after` seconds have passed since the
-  last unknown attempt (longer than a processor can hold a request) and `GET /payments/{id}`
-  says the processor does not have it.
+  processor, looking it up (`GET /payments/{id}`) and re-sending the identical body until one
+  of them settles it: found, 200 or 422 mean stored with that requestedAt. It is released to
+  go elsewhere only when the lookup says "not stored" and `settle_after` seconds have passed
+  since the last unknown attempt, longer than a processor can hold a request.
 - A payment is never dropped: it is pending, and counted as such, until recorded.
 """
 
@@ -21,6 +20,7 @@ from collections import deque
 from rinha.buffer import RingBuffer
 from rinha.clock import format_ms, now_ms
 from rinha.health import ProcessorHealth
+from rinha.journal import Journal, NoJournal
 from rinha.ledger import Ledger
 from rinha.payments import Payment
 from rinha.processor_client import HealthReport, Outcome, ProcessorClient, StoredPayment
@@ -37,6 +37,7 @@ class Dispatcher:
         self,
         ledger: Ledger,
         clients: dict[str, ProcessorClient],
+        journal: Journal | NoJournal,
         *,
         capacity: int,
         workers: int,
@@ -45,6 +46,7 @@ class Dispatcher:
     ) -> None:
         self._ledger = ledger
         self._clients = clients
+        self._journal = journal
         self._buffer: RingBuffer[Payment] = RingBuffer(capacity)
         self._worker_count = workers
         self._settle_after = settle_after
@@ -69,6 +71,19 @@ class Dispatcher:
         for worker in self._workers:
             worker.cancel()
         await asyncio.gather(*self._workers, return_exceptions=True)
+
+    @property
+    def full(self) -> bool:
+        return len(self._buffer) == self._buffer.capacity
+
+    def restore(self, payments: list[Payment]) -> None:
+        """Queue payments a previous run accepted; an unsettled one is settled first, counting
+        its settle time from now, since its attempt may still be held by the processor."""
+        now = self._loop.time()
+        for payment in payments:
+            payment.unsettled_since = now
+            if not self.submit(payment):
+                raise ValueError("buffer capacity is below the payments to restore")
 
     def submit(self, payment: Payment) -> bool:
         """Queue an accepted payment; False when the buffer is full."""
@@ -126,18 +141,20 @@ class Dispatcher:
         if probe:
             health.start_probe(self._loop.time())
         payment.requested_at_ms = requested_at = now_ms()
+        self._journal.sent(payment, name, requested_at)
         try:
             outcome = await self._clients[name].send(payment.body(format_ms(requested_at)))
         finally:
             if probe:
                 health.end_probe()
         if outcome is Outcome.CONFIRMED:
-            self._ledger.record(name, requested_at, payment.cents)
+            self._record(payment, name, requested_at, payment.cents)
             self._observe(name, failing=False)
             return True
         if outcome is Outcome.DUPLICATE:
             return await self._record_stored(payment, name)
         if outcome is Outcome.REFUSED:
+            self._journal.not_stored(payment)
             self._observe(name, failing=True)
             return False
         payment.unsettled_on = name
@@ -145,33 +162,38 @@ class Dispatcher:
         return False
 
     async def _settle(self, payment: Payment) -> bool:
-        """Resolve an unknown attempt; True when recorded, False when released unstored."""
+        """Resolve an unknown attempt; True when recorded, False when released unstored.
+
+        Every attempt on this processor carries the same correlationId and requestedAt, so
+        whichever of them is stored, it is stored as sent. The lookup comes first because it
+        is not delayed like a payment; the re-send gets a lost attempt processed promptly.
+        """
         name = payment.unsettled_on
         assert name is not None and payment.requested_at_ms is not None
         client = self._clients[name]
         body = payment.body(format_ms(payment.requested_at_ms))
         backoff = _FIRST_BACKOFF
         while True:
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, _MAX_BACKOFF)
+            stored = await client.lookup(payment.correlation_id)
+            if isinstance(stored, StoredPayment):
+                self._record(payment, name, stored.requested_at_ms, stored.cents)
+                return True
+            if (
+                stored is None
+                and self._loop.time() - payment.unsettled_since >= self._settle_after
+            ):
+                payment.unsettled_on = None
+                return False
             outcome = await client.send(body)
             if outcome is Outcome.CONFIRMED or outcome is Outcome.DUPLICATE:
-                self._ledger.record(name, payment.requested_at_ms, payment.cents)
-                payment.unsettled_on = None
+                self._record(payment, name, payment.requested_at_ms, payment.cents)
                 return True
             if outcome is Outcome.UNKNOWN:
                 payment.unsettled_since = self._loop.time()
-                continue
-            if self._loop.time() - payment.unsettled_since < self._settle_after:
-                continue
-            stored = await client.lookup(payment.correlation_id)
-            if isinstance(stored, StoredPayment):
-                self._ledger.record(name, stored.requested_at_ms, stored.cents)
-                payment.unsettled_on = None
-                return True
-            if stored is None:
-                payment.unsettled_on = None
-                return False
+            else:
+                self._observe(name, failing=True)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, _MAX_BACKOFF)
 
     async def _record_stored(self, payment: Payment, name: str) -> bool:
         """A 422 on a fresh attempt: record the stored payment as the processor has it."""
@@ -179,12 +201,19 @@ class Dispatcher:
         while True:
             stored = await self._clients[name].lookup(payment.correlation_id)
             if isinstance(stored, StoredPayment):
-                self._ledger.record(name, stored.requested_at_ms, stored.cents)
+                self._record(payment, name, stored.requested_at_ms, stored.cents)
                 return True
             if stored is None:
+                self._journal.not_stored(payment)
                 return False
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, _MAX_BACKOFF)
+
+    def _record(self, payment: Payment, name: str, requested_at_ms: int, cents: int) -> None:
+        """The processor proved it stored this payment with this requestedAt and amount."""
+        self._journal.confirmed(payment, name, requested_at_ms, cents)
+        self._ledger.record(payment.correlation_id, name, requested_at_ms, cents)
+        payment.unsettled_on = None
 
     def _observe(self, name: str, *, failing: bool) -> None:
         health, now = self.health[name], self._loop.time()

@@ -11,7 +11,14 @@ from rinha.routing import ProcessorView
 
 
 class ProcessorHealth:
-    __slots__ = ("failing", "min_response_ms", "_evidence_at", "probing", "_probe_at", "_probe_gap")
+    __slots__ = (
+        "_evidence_at",
+        "_probe_at",
+        "_probe_gap",
+        "failing",
+        "min_response_ms",
+        "probing",
+    )
 
     def __init__(self, probe_gap: float) -> None:
         self.failing = False

@@ -187,7 +187,7 @@ class HttpConnection(asyncio.Protocol):
         keep_alive = self._parser.should_keep_alive()
         try:
             answer = self._handler(request)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - a handler bug answers 500, not a dead server
             self._report(exc)
             self._stop(INTERNAL_ERROR)
             return
@@ -330,4 +330,3 @@ class HttpServer:
             await asyncio.sleep(0.05)
         for connection in list(self.connections):
             connection.close()
-

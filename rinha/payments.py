@@ -32,9 +32,9 @@ class Payment:
     """
 
     __slots__ = (
-        "correlation_id",
-        "cents",
         "_body_head",
+        "cents",
+        "correlation_id",
         "requested_at_ms",
         "unsettled_on",
         "unsettled_since",

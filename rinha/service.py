@@ -8,11 +8,12 @@ import logging
 import signal
 
 from rinha.app import App
-from rinha.cluster import PeerUnavailable, Peers, poll_health
+from rinha.cluster import Peers, PeerUnavailable, poll_health
 from rinha.config import ServiceConfig
 from rinha.dispatcher import Dispatcher
 from rinha.http import HttpServer
-from rinha.ledger.embedded import EmbeddedLedger
+from rinha.journal import Journal, NoJournal
+from rinha.ledger import open_ledger
 from rinha.processor_client import HealthReport, ProcessorClient
 
 log = logging.getLogger("rinha")
@@ -30,17 +31,32 @@ async def run_service(config: ServiceConfig) -> None:
         )
         for name, url in config.processor_urls.items()
     }
-    ledger = EmbeddedLedger()
+    ledger = open_ledger(config.ledger_url)
+    journal = NoJournal() if config.journal is None else Journal(
+        config.journal, fsync=config.journal_fsync
+    )
+    recovered = journal.recover()
+    for entry in recovered.confirmed:
+        ledger.record(entry.correlation_id, entry.processor, entry.requested_at_ms, entry.cents)
     dispatcher = Dispatcher(
         ledger,
         clients,
-        capacity=config.buffer_capacity,
+        journal,
+        capacity=config.buffer_capacity + len(recovered.pending),
         workers=config.workers,
         settle_after=config.settle_after,
         probe_gap=config.probe_gap,
     )
     peers = Peers(config.peers) if config.peers else None
-    app = App(dispatcher, ledger, peers)
+    dispatcher.restore(list(recovered.pending.values()))
+    if recovered.pending or recovered.confirmed:
+        log.info(
+            "recovered %d confirmed and %d pending payments from %s",
+            len(recovered.confirmed),
+            len(recovered.pending),
+            config.journal,
+        )
+    app = App(dispatcher, ledger, journal, peers, recovered.known_ids)
 
     async def publish(reports: dict[str, HealthReport]) -> None:
         for name, report in reports.items():
@@ -78,3 +94,4 @@ async def run_service(config: ServiceConfig) -> None:
     if peers is not None:
         await peers.close()
     await ledger.close()
+    journal.close()

@@ -1,8 +1,8 @@
 """`python -m rinha up`: the whole stack on one machine, with no Docker and no database.
 
 HAProxy on the public port reaches three replicas over unix sockets (haproxy/haproxy.cfg);
-replica 1 polls the processors' health and pushes it to the others; unless processor URLs are
-given, two processor emulators run beside them with the fees of the chosen scenario. Children
+replica 1 polls the processors' health and pushes it to the others; a replica that dies is
+started again and resumes from its journal. Unless processor URLs are given, two processor emulators run beside them with the fees of the chosen scenario. Children
 start in dependency order, each waited for until it answers, and stop in reverse order.
 """
 
@@ -50,10 +50,24 @@ class Child:
     command: list[str]
     address: int | str
     env: Mapping[str, str] = field(default_factory=dict)
+    cgroups: tuple[str, ...] = ()  # cgroup v1 directories the child starts in
     popen: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        self.popen = subprocess.Popen(self.command, env={**os.environ, **self.env})
+        try:
+            self.popen = subprocess.Popen(
+                self.command,
+                env={**os.environ, **self.env},
+                preexec_fn=self._join_cgroups if self.cgroups else None,
+            )
+        except subprocess.SubprocessError:
+            raise StackError(f"{self.name} could not join its cgroups {self.cgroups}") from None
+
+    def _join_cgroups(self) -> None:
+        # Runs in the forked child before exec, so the limits hold from its first instruction.
+        for directory in self.cgroups:
+            with open(os.path.join(directory, "cgroup.procs"), "w") as procs:
+                procs.write(str(os.getpid()))
 
     def wait_ready(self, deadline: float) -> None:
         assert self.popen is not None
@@ -83,6 +97,7 @@ class StackOptions:
     processor_ports: tuple[int, int]
     processor_urls: dict[str, str] | None  # given: no emulators are started
     run_dir: Path
+    cgroups: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # child name -> dirs
 
 
 def plan(options: StackOptions) -> list[Child]:
@@ -102,14 +117,16 @@ def plan(options: StackOptions) -> list[Child]:
     controls = [str(options.run_dir / f"replica-{i}.control") for i in range(1, REPLICAS + 1)]
     env = {"PROCESSOR_DEFAULT_URL": urls["default"], "PROCESSOR_FALLBACK_URL": urls["fallback"]}
     for index, (unix, control) in enumerate(zip(sockets, controls)):
+        journal = str(options.run_dir / f"replica-{index + 1}.journal")
         command = [python, "-m", "rinha", "serve", "--port", "0", "--unix", unix]
-        command += ["--control", control]
+        command += ["--control", control, "--journal", journal]
         for peer in controls:
             if peer != control:
                 command += ["--peer", peer]
         if index:
             command.append("--no-health-poll")
-        children.append(Child(f"replica-{index + 1}", command, unix, env))
+        name = f"replica-{index + 1}"
+        children.append(Child(name, command, unix, env, options.cgroups.get(name, ())))
     haproxy = shutil.which("haproxy")
     if haproxy is None:
         raise StackError(
@@ -121,7 +138,9 @@ def plan(options: StackOptions) -> list[Child]:
         "RINHA_SOCKET_DIR": str(options.run_dir),
     }
     command = [haproxy, "-db", "-f", str(HAPROXY_CONFIG)]
-    children.append(Child("haproxy", command, options.port, haproxy_env))
+    children.append(
+        Child("haproxy", command, options.port, haproxy_env, options.cgroups.get("haproxy", ()))
+    )
     return children
 
 
@@ -174,8 +193,18 @@ def run_stack(options: StackOptions) -> int:
         while not stop_requested:
             for child in children:
                 if child.popen is not None and child.popen.poll() is not None:
-                    print(f"rinha: {child.name} exited with status {child.popen.returncode}")
-                    child.popen = None
+                    restart = not child.name.startswith("processor")
+                    print(
+                        f"rinha: {child.name} exited with status {child.popen.returncode}"
+                        + ("; restarting it" if restart else ""),
+                        flush=True,
+                    )
+                    # A replica resumes from its journal. An emulator's memory is gone, so
+                    # restarting one would hide a lost test setup.
+                    if restart:
+                        child.start()
+                    else:
+                        child.popen = None
             time.sleep(0.2)
         return 0
     finally:

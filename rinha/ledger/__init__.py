@@ -1,7 +1,9 @@
 """The ledger: every payment a processor confirmed, with the requestedAt that was sent.
 
 One small interface, several stores. `record` never waits (a store that needs I/O batches it
-off the request path); `summary` answers for an inclusive window of epoch milliseconds.
+off the request path); `summary` answers for an inclusive window of epoch milliseconds, or
+raises `LedgerUnavailable` rather than give a figure it cannot vouch for. A `shared` store
+already holds every replica's payments, so replicas do not add up each other's.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 PROCESSORS = ("default", "fallback")
+STORE_SCHEMES = ("mongodb://", "mongodb+srv://")
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,11 +31,32 @@ def empty_summary() -> Summary:
     return {name: Totals() for name in PROCESSORS}
 
 
+class LedgerUnavailable(Exception):
+    """The store cannot answer now; nothing recorded is lost by this."""
+
+
 class Ledger(Protocol):
-    def record(self, processor: str, requested_at_ms: int, cents: int) -> None: ...
+    shared: bool
+
+    def record(
+        self, correlation_id: str, processor: str, requested_at_ms: int, cents: int
+    ) -> None: ...
 
     async def summary(self, from_ms: int | None, to_ms: int | None) -> Summary: ...
 
     async def purge(self) -> None: ...
 
     async def close(self) -> None: ...
+
+
+def open_ledger(url: str | None) -> Ledger:
+    """The embedded ledger, or the store that `url` names (`mongodb://…`)."""
+    if not url:
+        from rinha.ledger.embedded import EmbeddedLedger
+
+        return EmbeddedLedger()
+    if url.startswith(STORE_SCHEMES):
+        from rinha.ledger.mongodb import MongoLedger
+
+        return MongoLedger(url)
+    raise ValueError(f"RINHA_LEDGER must be empty or a mongodb:// URL, not {url!r}")

@@ -13,7 +13,7 @@ from rinha.ledger import PROCESSORS, Summary, Totals
 
 
 class _Series:
-    __slots__ = ("times", "prefix")
+    __slots__ = ("prefix", "times")
 
     def __init__(self) -> None:
         self.times: list[int] = []
@@ -42,10 +42,15 @@ class _Series:
 
 
 class EmbeddedLedger:
+    shared = False
+
     def __init__(self) -> None:
         self._series = {name: _Series() for name in PROCESSORS}
 
-    def record(self, processor: str, requested_at_ms: int, cents: int) -> None:
+    def record(
+        self, correlation_id: str, processor: str, requested_at_ms: int, cents: int
+    ) -> None:
+        # One record per confirmed payment is the dispatcher's invariant; ids are not kept.
         self._series[processor].add(requested_at_ms, cents)
 
     def totals(self, from_ms: int | None, to_ms: int | None) -> Summary:

@@ -1,0 +1,276 @@
+"""`python -m rinha.bench`: in-process microbenchmarks of the hot path, then loopback figures.
+
+Each in-process figure is the median over several repeats of the time per operation. The
+loopback part runs wrk (when installed) against `rinha serve` and against a minimal
+aiohttp.web handler doing the same work, in the same run, with both processors unreachable so
+that only the accepting side is measured. Nothing here asserts a time.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import tempfile
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import httptools
+import uvloop
+
+from rinha.app import App
+from rinha.clock import now_ms
+from rinha.dispatcher import Dispatcher
+from rinha.http import HttpConnection, HttpServer
+from rinha.journal import Journal, NoJournal
+from rinha.ledger.embedded import EmbeddedLedger
+from rinha.payments import parse_payment
+from rinha.processor_client import ProcessorClient
+from rinha.routing import ProcessorView, RoutingState, choose_route
+
+REPEATS = 7
+POST_LUA = Path(__file__).resolve().parents[2] / "bench" / "post.lua"
+
+
+def payment_body() -> bytes:
+    return b'{"correlationId":"%s","amount":19.90}' % str(uuid.uuid4()).encode()
+
+
+def post_request(body: bytes) -> bytes:
+    return (
+        b"POST /payments HTTP/1.1\r\nHost: localhost:9999\r\nUser-Agent: k6/1.1.0\r\n"
+        b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+    )
+
+
+def per_op_ns(run: Callable[[int], None], ops: int) -> float:
+    """Median nanoseconds per operation over REPEATS runs of `ops` operations."""
+    samples = []
+    for _ in range(REPEATS):
+        start = time.perf_counter_ns()
+        run(ops)
+        samples.append((time.perf_counter_ns() - start) / ops)
+    return statistics.median(samples)
+
+
+class _CountingTransport:
+    """Where the benchmarked protocol writes: counts answers, keeps nothing."""
+
+    def __init__(self) -> None:
+        self.answers = 0
+
+    def write(self, data: bytes) -> None:
+        self.answers += 1
+
+    def close(self) -> None:
+        pass
+
+    def is_closing(self) -> bool:
+        return False
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+async def in_process(ops: int) -> list[tuple[str, float]]:
+    unreachable = "http://127.0.0.1:9"
+    clients = {
+        name: ProcessorClient(name, unreachable, connections=1, timeout=1.0)
+        for name in ("default", "fallback")
+    }
+    ledger = EmbeddedLedger()
+
+    def fresh_dispatcher() -> Dispatcher:
+        # Never started: payments stay in the buffer, so only the accepting side is timed.
+        return Dispatcher(
+            ledger,
+            clients,
+            NoJournal(),
+            capacity=REPEATS * ops + 1,
+            workers=1,
+            settle_after=1,
+            probe_gap=1,
+        )
+
+    bodies = [payment_body() for _ in range(REPEATS * ops)]
+    requests = [post_request(body) for body in bodies]
+    rows: list[tuple[str, float]] = []
+
+    class _Sink:
+        def on_url(self, url: bytes) -> None: ...
+        def on_header(self, name: bytes, value: bytes) -> None: ...
+        def on_body(self, body: bytes) -> None: ...
+
+    parser = httptools.HttpRequestParser(_Sink())
+    feed = iter(requests)
+    rows.append(
+        (
+            "HTTP parse of a POST /payments",
+            per_op_ns(lambda n: [parser.feed_data(next(feed)) for _ in range(n)], ops),
+        )
+    )
+
+    body_iter = iter(bodies)
+    rows.append(
+        (
+            "validate (parse_payment)",
+            per_op_ns(lambda n: [parse_payment(next(body_iter)) for _ in range(n)], ops),
+        )
+    )
+
+    dispatcher = fresh_dispatcher()
+    payments = iter([parse_payment(body) for body in bodies])
+    rows.append(
+        (
+            "enqueue (Dispatcher.submit)",
+            per_op_ns(lambda n: [dispatcher.submit(next(payments)) for _ in range(n)], ops),
+        )
+    )
+
+    with tempfile.TemporaryDirectory() as scratch:
+        journals = {
+            "hot path: request bytes in, 202 out": (NoJournal(), ops),
+            "  the same, journaled (write)": (Journal(f"{scratch}/w", fsync=False), ops),
+            "  the same, journaled (write + fsync)": (Journal(f"{scratch}/f", fsync=True), 200),
+        }
+        for name, (journal, count) in journals.items():
+            journal.recover()
+            app = App(fresh_dispatcher(), ledger, journal, None, set())
+            connection = HttpConnection(app.handle, HttpServer(app.handle))
+            transport = _CountingTransport()
+            connection.connection_made(transport)  # type: ignore[arg-type]
+            feed = iter(requests)
+            rows.append(
+                (
+                    name,
+                    per_op_ns(
+                        lambda n: [connection.data_received(next(feed)) for _ in range(n)], count
+                    ),
+                )
+            )
+            assert transport.answers == REPEATS * count, "every request must have been answered"
+            journal.close()
+
+    big = EmbeddedLedger()
+    start = now_ms()
+    for index in range(100_000):
+        big.record(str(index), random.choice(("default", "fallback")), start + index // 10, 1990)
+    windows = [
+        (start + random.randint(0, 5000), start + random.randint(5000, 10_000))
+        for _ in range(1000)
+    ]
+    window_iter = iter(windows * REPEATS)
+    rows.append(
+        (
+            "summary over 100k payments",
+            per_op_ns(lambda n: [big.totals(*next(window_iter)) for _ in range(n)], 1000),
+        )
+    )
+
+    state = RoutingState(ProcessorView(True, False), ProcessorView(False, False))
+    rows.append(
+        ("routing decision", per_op_ns(lambda n: [choose_route(state) for _ in range(n)], ops))
+    )
+    for client in clients.values():
+        await client.close()
+    return rows
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_listening(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on {port}")
+
+
+def run_wrk(port: int, seconds: int) -> tuple[float, str, str]:
+    """requests/s, p50 and p99 of `wrk -t1 -c50 --latency` POSTing fresh payments."""
+    command = [
+        "wrk",
+        "-t1",
+        "-c50",
+        f"-d{seconds}s",
+        "--latency",
+        "-s",
+        str(POST_LUA),
+        f"http://127.0.0.1:{port}",
+    ]
+    output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
+    p50 = re.search(r"\s50%\s+(\S+)", output).group(1)  # type: ignore[union-attr]
+    p99 = re.search(r"\s99%\s+(\S+)", output).group(1)  # type: ignore[union-attr]
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    if non_2xx:
+        raise RuntimeError(f"{non_2xx.group(1)} requests were not accepted:\n{output}")
+    return rate, p50, p99
+
+
+def loopback(seconds: int) -> list[tuple[str, float, str, str]]:
+    unreachable = {
+        "PROCESSOR_DEFAULT_URL": "http://127.0.0.1:9",
+        "PROCESSOR_FALLBACK_URL": "http://127.0.0.1:9",
+    }
+    servers = {
+        "rinha serve": [
+            sys.executable,
+            "-m",
+            "rinha",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--buffer-capacity",
+            "10000000",
+            "--port",
+        ],
+        "aiohttp.web baseline": [sys.executable, "-m", "rinha.bench.baseline", "--port"],
+    }
+    rows = []
+    for name, command in servers.items():
+        port = free_port()
+        env = {**__import__("os").environ, **unreachable}
+        process = subprocess.Popen([*command, str(port)], env=env, stderr=subprocess.DEVNULL)
+        try:
+            wait_listening(port)
+            rows.append((name, *run_wrk(port, seconds)))
+        finally:
+            process.terminate()
+            process.wait(30)
+    return rows
+
+
+def main(ops: int = 20_000, wrk_seconds: int = 10) -> None:
+    print(f"in-process, median of {REPEATS} repeats")
+    print(f"{'operation':<40} {'per op':>12}")
+    for name, ns in uvloop.run(in_process(ops)):
+        figure = f"{ns / 1000:.2f} µs" if ns >= 1000 else f"{ns:.0f} ns"
+        print(f"{name:<40} {figure:>12}")
+    if shutil.which("wrk") is None:
+        print("\nwrk not installed (apt-get install wrk): loopback figures skipped")
+        return
+    print(f"\nloopback, wrk -t1 -c50 -d{wrk_seconds}s, POST /payments, processors unreachable")
+    print(f"{'server':<40} {'requests/s':>12} {'p50':>10} {'p99':>10}")
+    for name, rate, p50, p99 in loopback(wrk_seconds):
+        print(f"{name:<40} {rate:>12.0f} {p50:>10} {p99:>10}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,128 @@
+"""The dispatcher's rules against real processors (rinha/dispatcher.py; SPEC.md §3, §4):
+prefer the default, route around failures, settle unanswered attempts on the processor that
+may have stored them, record only what a processor confirmed, never lose a payment."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from tests.processes import free_port
+from tests.service_fixtures import Service
+
+
+def counts(processors: Any) -> tuple[int, int]:
+    return (
+        processors.default.summary()["totalRequests"],
+        processors.fallback.summary()["totalRequests"],
+    )
+
+
+def assert_audit_exact(service: Service, processors: Any) -> None:
+    ours = service.summary()
+    assert ours["pending"]["totalRequests"] == 0
+    for name in ("default", "fallback"):
+        theirs = getattr(processors, name).summary()
+        assert ours[name]["totalRequests"] == theirs["totalRequests"], name
+        assert ours[name]["totalAmount"] == theirs["totalAmount"], name
+
+
+def test_slow_default_is_still_preferred(service: Service, fresh_processors: Any) -> None:
+    fresh_processors.default.set_delay(300)
+    for _ in range(5):
+        assert service.pay().status == 202
+    service.wait_settled()
+    assert counts(fresh_processors) == (5, 0)
+    assert_audit_exact(service, fresh_processors)
+
+
+def test_failing_default_routes_to_fallback(service: Service, fresh_processors: Any) -> None:
+    fresh_processors.default.set_failure(True)
+    for _ in range(10):
+        assert service.pay().status == 202
+    service.wait_settled()
+    default, fallback = counts(fresh_processors)
+    assert (default, fallback) == (0, 10)
+    assert_audit_exact(service, fresh_processors)
+
+
+def test_default_is_used_again_once_it_recovers(service: Service, fresh_processors: Any) -> None:
+    fresh_processors.default.set_failure(True)
+    service.pay()
+    service.wait_settled()
+    fresh_processors.default.set_failure(False)
+    # The recovery is seen through a probe or the next health report; wait for the first
+    # payment to land on the default, then every later one must go there too.
+    for _ in range(200):
+        service.pay()
+        service.wait_settled()
+        if counts(fresh_processors)[0]:
+            break
+    _, fallback_before = counts(fresh_processors)
+    for _ in range(5):
+        service.pay()
+    service.wait_settled()
+    assert counts(fresh_processors)[1] == fallback_before
+    assert_audit_exact(service, fresh_processors)
+
+
+def test_unanswered_attempt_is_settled_on_the_same_processor(
+    service_factory: Callable[..., Service], fresh_processors: Any
+) -> None:
+    # The client gives up before the processor answers, but the processor stores it anyway.
+    fresh_processors.default.set_delay(600)
+    service = service_factory("--processor-timeout", "0.3", "--settle-after", "5")
+    correlation_id = str(uuid.uuid4())
+    assert service.pay(correlation_id).status == 202
+    summary = service.wait_settled()
+    assert counts(fresh_processors) == (1, 0)
+    assert summary["default"]["totalRequests"] == 1
+    stored = fresh_processors.default.admin("GET", f"/payments/{correlation_id}")
+    requested_at = stored.json()["requestedAt"]
+    # Recorded with exactly the requestedAt the processor stored.
+    assert service.summary(requested_at, requested_at)["default"]["totalRequests"] == 1
+    assert_audit_exact(service, fresh_processors)
+
+
+def test_unanswered_attempt_that_was_not_stored_goes_elsewhere_once_settled(
+    service_factory: Callable[..., Service], fresh_processors: Any
+) -> None:
+    # The default is failing and slower than the client's patience: the first attempt is
+    # unanswered, and the default never stores it.
+    fresh_processors.default.set_failure(True)
+    fresh_processors.default.set_delay(600)
+    service = service_factory("--processor-timeout", "0.3", "--settle-after", "1")
+    assert service.pay().status == 202
+    # Answers now come before the timeout: re-sends are refused, the lookup finds nothing.
+    fresh_processors.default.set_delay(0)
+    service.wait_settled()
+    assert counts(fresh_processors) == (0, 1)
+    assert_audit_exact(service, fresh_processors)
+
+
+def test_both_failing_holds_payments_until_one_recovers(
+    service: Service, fresh_processors: Any
+) -> None:
+    fresh_processors.default.set_failure(True)
+    fresh_processors.fallback.set_failure(True)
+    for _ in range(20):
+        assert service.pay().status == 202
+    assert service.summary()["pending"]["totalRequests"] == 20
+    assert counts(fresh_processors) == (0, 0)
+    fresh_processors.fallback.set_failure(False)
+    service.wait_settled()
+    assert sum(counts(fresh_processors)) == 20
+    assert_audit_exact(service, fresh_processors)
+
+
+def test_unreachable_default_is_routed_around(
+    service_factory: Callable[..., Service], fresh_processors: Any
+) -> None:
+    service = service_factory(default_url=f"http://127.0.0.1:{free_port()}")
+    for _ in range(5):
+        assert service.pay().status == 202
+    summary = service.wait_settled()
+    assert summary["fallback"]["totalRequests"] == 5
+    assert summary["default"]["totalRequests"] == 0
+    assert counts(fresh_processors) == (0, 5)

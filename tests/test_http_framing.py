@@ -1,0 +1,117 @@
+"""HTTP/1.1 framing of the service's own protocol (rinha/http.py), over raw sockets: keep-alive,
+pipelining, fragmentation, Connection: close, and malformed or oversized requests."""
+
+from __future__ import annotations
+
+import re
+import socket
+import uuid
+
+import pytest
+
+from tests.service_fixtures import Service
+
+
+def payment_request(close: bool = False) -> bytes:
+    body = b'{"correlationId":"%s","amount":19.90}' % str(uuid.uuid4()).encode()
+    connection = b"Connection: close\r\n" if close else b""
+    return (
+        b"POST /payments HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n%s\r\n%s" % (len(body), connection, body)
+    )
+
+
+SUMMARY = b"GET /payments-summary HTTP/1.1\r\nHost: t\r\n\r\n"
+CLOSE = b"GET /payments-summary HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+
+
+def exchange(port: int, *pieces: bytes) -> bytes:
+    """Send each piece in its own write, then read until the server closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for piece in pieces:
+            sock.sendall(piece)
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    return received
+
+
+def statuses(received: bytes) -> list[int]:
+    return [int(code) for code in re.findall(rb"HTTP/1\.1 (\d{3}) ", received)]
+
+
+def test_keep_alive_answers_each_request_on_one_connection(service: Service) -> None:
+    received = exchange(service.port, payment_request(), SUMMARY, CLOSE)
+    assert statuses(received) == [202, 200, 200]
+
+
+def test_pipelined_requests_are_answered_in_order(service: Service) -> None:
+    # The summary is answered by a task, the payments at once: order must still hold.
+    batch = (
+        SUMMARY + payment_request() + b"POST /payments HTTP/1.1\r\nContent-Length: 3\r\n\r\nbad"
+    )
+    received = exchange(service.port, batch + SUMMARY + CLOSE)
+    assert statuses(received) == [200, 202, 400, 200, 200]
+
+
+def test_request_fed_byte_by_byte(service: Service) -> None:
+    request = payment_request(close=True)
+    received = exchange(service.port, *(request[i : i + 1] for i in range(len(request))))
+    assert statuses(received) == [202]
+
+
+def test_connection_close_is_honoured(service: Service) -> None:
+    # exchange() only returns once the server has closed.
+    assert statuses(exchange(service.port, payment_request(close=True))) == [202]
+
+
+def test_http_1_0_closes_after_the_answer(service: Service) -> None:
+    assert statuses(exchange(service.port, b"GET /payments-summary HTTP/1.0\r\n\r\n")) == [200]
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status"),
+    [
+        (b"GARBAGE\r\n\r\n", 400),
+        (b"GET / HTTP/9.9\r\n\r\n", 400),
+        (b"POST /payments HTTP/1.1\r\nContent-Length: x\r\n\r\n", 400),
+        (b"GET /payments-summary HTTP/1.1\r\nX: " + b"a" * 20_000 + b"\r\n\r\n", 431),
+        (b"POST /payments HTTP/1.1\r\nContent-Length: 5000\r\n\r\n" + b"{" * 5000, 413),
+        (
+            b"POST /payments HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2000\r\n" + b"a" * 8192,
+            413,
+        ),
+    ],
+)
+def test_bad_framing_gets_an_error_and_a_close(
+    service: Service, request_bytes: bytes, status: int
+) -> None:
+    received = exchange(service.port, request_bytes)
+    assert statuses(received) == [status]
+    assert b"connection: close" in received
+    summary = service.summary()
+    assert summary["pending"]["totalRequests"] == 0
+    assert summary["default"]["totalRequests"] == 0
+
+
+def test_answers_before_the_bad_request_still_arrive(service: Service) -> None:
+    received = exchange(service.port, payment_request() + SUMMARY + b"GARBAGE\r\n\r\n")
+    assert statuses(received) == [202, 200, 400]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        ("GET", "/", 404),
+        ("GET", "/payments/abc", 404),
+        ("GET", "/payments", 405),
+        ("PUT", "/payments", 405),
+        ("POST", "/payments-summary", 405),
+        ("GET", "/purge-payments", 405),
+        ("GET", "/control/summary", 404),
+    ],
+)
+def test_routes(service: Service, method: str, path: str, status: int) -> None:
+    request = f"{method} {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".encode()
+    assert statuses(exchange(service.port, request)) == [status]

@@ -1,0 +1,66 @@
+"""`GET /payments-summary` and `POST /purge-payments`: exact, inclusive windows on the
+requestedAt that was sent, amounts with two decimals (SPEC.md §2, §3)."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from datetime import datetime, timedelta
+from typing import Any
+
+from tests.processes import call
+from tests.service_fixtures import Service
+
+
+def shift(timestamp: str, milliseconds: int) -> str:
+    moment = datetime.fromisoformat(timestamp) + timedelta(milliseconds=milliseconds)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def test_window_edges_are_inclusive_and_match_the_processor(
+    service: Service, fresh_processors: Any
+) -> None:
+    correlation_id = str(uuid.uuid4())
+    service.pay(correlation_id, 20.05)
+    service.wait_settled()
+    stored = fresh_processors.default.admin("GET", f"/payments/{correlation_id}")
+    requested_at = stored.json()["requestedAt"]
+    # Sent with whole milliseconds, as the test's windows end (SPEC.md §3).
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z?", requested_at)
+    windows = [
+        (requested_at, requested_at, 1),
+        (shift(requested_at, 1), None, 0),
+        (None, shift(requested_at, -1), 0),
+        (shift(requested_at, -1), shift(requested_at, 1), 1),
+        (None, None, 1),
+    ]
+    for from_, to, expected in windows:
+        ours = service.summary(from_, to)["default"]
+        theirs = fresh_processors.default.summary(from_, to)
+        assert ours["totalRequests"] == theirs["totalRequests"] == expected, (from_, to)
+        assert ours["totalAmount"] == theirs["totalAmount"] == (20.05 if expected else 0)
+
+
+def test_amounts_are_rendered_with_two_decimals(service: Service) -> None:
+    service.pay(amount=10)
+    service.pay(amount=0.5)
+    service.wait_settled()
+    body = call(service.port, "GET", "/payments-summary").body
+    assert b'"default":{"totalRequests":2,"totalAmount":10.50}' in body
+    assert b'"fallback":{"totalRequests":0,"totalAmount":0.00}' in body
+
+
+def test_bad_window_bounds_are_refused(service: Service) -> None:
+    for query in ("from=yesterday", "to=2025-13-01T00:00:00.000Z"):
+        reply = call(service.port, "GET", "/payments-summary?" + query)
+        assert reply.status == 400
+        assert reply.json()["error"]
+
+
+def test_purge_forgets_recorded_payments(service: Service) -> None:
+    service.pay()
+    service.wait_settled()
+    reply = call(service.port, "POST", "/purge-payments")
+    assert reply.status == 200
+    summary = service.summary()
+    assert summary["default"] == {"totalRequests": 0, "totalAmount": 0}
