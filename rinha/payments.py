@@ -78,9 +78,9 @@ def parse_cents(amount: object) -> int:
         raise BadInput(422, "amount must be a number")
     if not math.isfinite(amount) or amount <= 0:
         raise BadInput(422, "amount must be positive")
-    cents = round(amount * 100)
-    if cents > MAX_CENTS:
+    if amount > MAX_CENTS / 100:
         raise BadInput(422, "amount is too large")
+    cents = round(amount * 100)
     # cents/100 is the double nearest the decimal with two places, as parsing it would give.
     if cents / 100 != amount:
         raise BadInput(422, "amount must have at most two decimals")

@@ -1,11 +1,19 @@
-"""Fixtures that start the service (`python -m rinha serve`) as a real process."""
+"""Fixtures that start the service as real processes: one replica (`python -m rinha serve`)
+or the whole stack (`python -m rinha up`: HAProxy and three replicas)."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import signal
+import socket
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -79,3 +87,111 @@ def service_factory(fresh_processors: Any) -> Iterator[Callable[..., Service]]:
 @pytest.fixture
 def service(service_factory: Callable[..., Service]) -> Service:
     return service_factory()
+
+
+@dataclass
+class Stack:
+    popen: subprocess.Popen[str]
+    port: int
+    stats_port: int
+    replicas: dict[str, str] = field(default_factory=dict)  # name -> unix socket
+
+    def pay(self) -> int:
+        return self.pay_id()[1]
+
+    def pay_id(self) -> tuple[str, int]:
+        correlation_id = str(uuid.uuid4())
+        body = {"correlationId": correlation_id, "amount": 19.90}
+        return correlation_id, call(self.port, "POST", "/payments", body).status
+
+    def summary(self) -> dict[str, Any]:
+        reply = call(self.port, "GET", "/payments-summary")
+        assert reply.status == 200, reply
+        return reply.json()
+
+    def wait_settled(self, timeout: float = 30.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while (summary := self.summary())["pending"]["totalRequests"]:
+            assert time.monotonic() < deadline, summary
+            time.sleep(0.05)
+        return summary
+
+    def backend_sessions(self) -> dict[str, int]:
+        """HAProxy's count of sessions per replica, from its stats CSV."""
+        csv = call(self.stats_port, "GET", "/;csv").body.decode()
+        header = csv.splitlines()[0].lstrip("# ").split(",")
+        rows = [dict(zip(header, line.split(","))) for line in csv.splitlines()[1:] if line]
+        return {r["svname"]: int(r["stot"]) for r in rows if r["svname"].startswith("replica")}
+
+    def replica_pid(self, name: str) -> int:
+        socket_path = self.replicas[name]
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+                except OSError:
+                    continue
+                if b"serve" in cmdline and socket_path.encode() in cmdline:
+                    return int(entry.name)
+        raise LookupError(name)
+
+
+def wait_dead(pid: int) -> None:
+    """Until the process has exited (a zombie has closed its sockets too)."""
+    status = Path(f"/proc/{pid}/status")
+    deadline = time.monotonic() + 10
+    while status.exists():
+        try:
+            if "\nState:\tZ" in status.read_text():
+                return
+        except OSError:
+            return
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+
+
+def start_stack(processors: Any) -> Stack:
+    port, stats_port = free_port(), free_port()
+    env = {
+        **os.environ,
+        "PROCESSOR_DEFAULT_URL": processors.default.url,
+        "PROCESSOR_FALLBACK_URL": processors.fallback.url,
+    }
+    command = [sys.executable, "-m", "rinha", "up", "--port", str(port)]
+    command += ["--stats-port", str(stats_port)]
+    popen = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True)
+    stack = Stack(popen, port, stats_port)
+    assert popen.stdout is not None
+    for line in popen.stdout:
+        words = line.split()
+        if words and words[0].startswith("replica-"):
+            stack.replicas[words[0]] = words[1]
+        if line.startswith("Ctrl-C"):
+            return stack
+    raise RuntimeError(f"rinha up exited with {popen.wait()}")
+
+
+def stop_stack(stack: Stack) -> int:
+    stack.popen.send_signal(signal.SIGINT)
+    return stack.popen.wait(60)
+
+
+@pytest.fixture
+def stack(fresh_processors: Any) -> Iterator[Stack]:
+    if shutil.which("haproxy") is None:
+        pytest.skip("haproxy is not installed (apt-get install haproxy)")
+    running = start_stack(fresh_processors)
+    yield running
+    assert stop_stack(running) == 0
+
+
+def unix_get(socket_path: str, path: str) -> bytes:
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.connect(socket_path)
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: r\r\nConnection: close\r\n\r\n".encode())
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), head
+    return body

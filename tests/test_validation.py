@@ -29,6 +29,7 @@ REFUSED = [
     (b'{"correlationId":"%s","amount":-1}' % UUID.encode(), 422),
     (b'{"correlationId":"%s","amount":19.901}' % UUID.encode(), 422),
     (b'{"correlationId":"%s","amount":1e300}' % UUID.encode(), 422),
+    (b'{"correlationId":"%s","amount":1.7e307}' % UUID.encode(), 422),
     (b'{"correlationId":"%s","amount":NaN}' % UUID.encode(), 400),
     (b'{"correlationId":"%s","amount":null}' % UUID.encode(), 422),
 ]
