@@ -70,11 +70,17 @@ def service_factory(fresh_processors: Any) -> Iterator[Callable[..., Service]]:
         "PROCESSOR_FALLBACK_URL": fresh_processors.fallback.url,
     }
 
-    def start(*options: str, default_url: str | None = None) -> Service:
+    def start(
+        *options: str, default_url: str | None = None, fallback_url: str | None = None
+    ) -> Service:
         port = free_port()
         args = ["-m", "rinha", "serve", "--host", "127.0.0.1", "--port", str(port)]
         args += ["--health-interval", HEALTH_INTERVAL, *options]
-        urls = {"PROCESSOR_DEFAULT_URL": default_url} if default_url else {}
+        urls = {}
+        if default_url:
+            urls["PROCESSOR_DEFAULT_URL"] = default_url
+        if fallback_url:
+            urls["PROCESSOR_FALLBACK_URL"] = fallback_url
         service = Service(Process(args, port, {**env, **urls}).start(READY_PATH))
         started.append(service)
         return service
