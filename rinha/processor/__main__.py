@@ -1,0 +1,134 @@
+"""`python -m rinha.processor --port 8001 --fee 0.07`: run one emulated payment processor."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import math
+import os
+import signal
+import sys
+from collections.abc import Callable
+from decimal import Decimal, InvalidOperation
+
+import uvloop
+
+from rinha.http import HttpServer
+from rinha.processor.app import Processor
+from rinha.processor.config import ProcessorOptions
+
+
+def _fee(text: str) -> Decimal:
+    try:
+        fee = Decimal(text)
+    except InvalidOperation:
+        raise argparse.ArgumentTypeError(f"not a decimal number: {text!r}") from None
+    if not fee.is_finite() or fee < 0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative decimal: {text!r}")
+    return fee
+
+
+def _number(
+    kind: type[int | float], low: float, high: float = math.inf
+) -> Callable[[str], int | float]:
+    """An argparse type: a `kind` number in [low, high]."""
+
+    def read(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not low <= value <= high:  # also refuses nan
+            bounds = f"at least {low}" if high == math.inf else f"from {low} to {high}"
+            raise argparse.ArgumentTypeError(f"must be {bounds}: {text!r}")
+        return value
+
+    return read
+
+
+def parse_options(argv: list[str]) -> ProcessorOptions:
+    parser = argparse.ArgumentParser(
+        prog="python -m rinha.processor",
+        description="Emulate one payment processor of the Rinha de Backend 2025 (SPEC.md §3).",
+    )
+    parser.add_argument(
+        "--fee",
+        type=_fee,
+        required=True,
+        help="fee per payment as a fraction of its amount, e.g. 0.07",
+    )
+    parser.add_argument("--port", type=_number(int, 1, 65535), help="listen on this TCP port")
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address of the TCP listener (default: %(default)s)"
+    )
+    parser.add_argument("--unix", metavar="PATH", help="listen on this Unix socket")
+    parser.add_argument(
+        "--token",
+        default="123",
+        help="initial X-Rinha-Token of the /admin routes (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--rate-limit-seconds",
+        type=_number(float, 0.001),
+        default=5.0,
+        metavar="SECONDS",
+        help="length of the service-health window (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-in-flight",
+        type=_number(int, 1),
+        default=800,
+        metavar="N",
+        help="payments in their delay/store phase at once (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-queued",
+        type=_number(int, 0),
+        default=500,
+        metavar="N",
+        help="payments waiting for a slot before 429 (default: %(default)s)",
+    )
+    args = parser.parse_args(argv)
+    if args.port is None and args.unix is None:
+        parser.error("give --port, --unix or both")
+    return ProcessorOptions(
+        fee=args.fee,
+        host=args.host,
+        port=args.port,
+        unix=args.unix,
+        token=args.token,
+        rate_limit_seconds=args.rate_limit_seconds,
+        max_in_flight=args.max_in_flight,
+        max_queued=args.max_queued,
+    )
+
+
+async def serve(options: ProcessorOptions) -> None:
+    """Serve until SIGTERM or SIGINT, then stop listening and let answers drain."""
+    server = HttpServer(Processor(options).handle)
+    if options.port is not None:
+        await server.listen_tcp(options.host, options.port)
+    if options.unix is not None:
+        await server.listen_unix(options.unix)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    await server.shutdown()
+    if options.unix is not None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(options.unix)
+
+
+def main() -> None:
+    options = parse_options(sys.argv[1:])
+    try:
+        uvloop.run(serve(options))
+    except OSError as exc:  # the port or socket path cannot be listened on
+        sys.exit(f"python -m rinha.processor: error: {exc}")
+
+
+if __name__ == "__main__":
+    main()
