@@ -10,6 +10,7 @@ import asyncio
 import time
 
 import aiohttp
+import pytest
 
 from tests.processes import call
 from tests.test_processor_payments import pipelined
@@ -67,3 +68,14 @@ def test_health_reports_the_current_delay_and_failure(processor_factory):
     assert time.monotonic() - started >= WINDOW - SLACK
     assert second.status == 200
     assert second.json() == {"failing": True, "minResponseTime": 37}
+
+
+def test_health_calls_are_counted(processor_factory):
+    processor = processor_factory(rate_limit_seconds=60)
+    assert call(processor.port, "GET", "/payments/service-health").status == 200
+    for _ in range(2):  # these two wait for the next window, beyond the client's patience
+        with pytest.raises(TimeoutError):
+            call(processor.port, "GET", "/payments/service-health", timeout=0.3)
+    assert call(processor.port, "GET", "/payments/service-health").status == 429
+    counts = processor.admin("GET", "/admin/health-calls").json()
+    assert counts == {"answered": 1, "refused": 1}

@@ -7,10 +7,12 @@ import asyncio
 import os
 import signal
 import time
+from collections.abc import Callable
+from types import SimpleNamespace
 from typing import Any
 
 from tests.processes import call
-from tests.service_fixtures import Stack, unix_get, wait_dead
+from tests.service_fixtures import Stack, start_stack, stop_stack, unix_get, wait_dead
 from tests.test_audit import run_burst
 
 
@@ -93,3 +95,27 @@ def test_a_killed_replica_is_replaced_and_nothing_is_lost(
                 for name in ("default", "fallback")
             ]
             assert sorted(found) == [200, 404], correlation_id
+
+
+def test_health_endpoint_is_called_once_per_window_by_the_whole_stack(
+    processor_factory: Callable[..., Any],
+) -> None:
+    # The official window: one call per 5 s per processor, for all callers together.
+    processors = SimpleNamespace(
+        default=processor_factory(fee="0.07", rate_limit_seconds=5),
+        fallback=processor_factory(fee="0.10", rate_limit_seconds=5),
+    )
+    stack = start_stack(processors)
+    try:
+        started = time.monotonic()
+        while time.monotonic() - started < 60:
+            stack.pay()
+            time.sleep(0.05)
+        elapsed = time.monotonic() - started
+    finally:
+        assert stop_stack(stack) == 0
+    for name in ("default", "fallback"):
+        counts = getattr(processors, name).admin("GET", "/admin/health-calls").json()
+        print(f"\n{name}: {counts['answered']} health calls answered in {elapsed:.0f} s")
+        assert counts["refused"] == 0
+        assert elapsed / 5 - 2 <= counts["answered"] <= elapsed / 5 + 2

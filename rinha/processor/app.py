@@ -71,6 +71,9 @@ class Processor:
         self.payments = PaymentStore()
         self.slots = PaymentSlots(options.max_in_flight, options.max_queued)
         self.health = HealthWindow(options.rate_limit_seconds)
+        # Health calls answered and refused, for tests of the callers' discipline.
+        self.health_answered = 0
+        self.health_refused = 0
 
     def handle(self, request: Request) -> Answer:
         """The `rinha.http` handler: route by path, then method, then token for /admin."""
@@ -130,6 +133,7 @@ class Processor:
         if self.health.try_take():
             return self._health_answer()
         if self.health.queue_full:
+            self.health_refused += 1
             return response(
                 429,
                 b"Too many requests; try again later.",
@@ -143,6 +147,7 @@ class Processor:
         return self._health_answer()
 
     def _health_answer(self) -> bytes:
+        self.health_answered += 1
         body = orjson.dumps({"failing": self.failing, "minResponseTime": self.delay_ms})
         return response(200, body)
 
@@ -202,6 +207,10 @@ class Processor:
         was, self.failing = self.failing, failure
         return response(200, orjson.dumps({"config": "failure", "was": was, "is": failure}))
 
+    def get_health_calls(self, request: Request) -> Answer:
+        counts = {"answered": self.health_answered, "refused": self.health_refused}
+        return response(200, orjson.dumps(counts))
+
     def post_purge(self, request: Request) -> Answer:
         self.payments.purge()
         return PURGED
@@ -217,6 +226,7 @@ _ROUTES: dict[bytes, dict[bytes, Route]] = {
     b"/admin/configurations/delay": {b"PUT": Processor.put_delay},
     b"/admin/configurations/failure": {b"PUT": Processor.put_failure},
     b"/admin/purge-payments": {b"POST": Processor.post_purge},
+    b"/admin/health-calls": {b"GET": Processor.get_health_calls},
 }
 _PAYMENT_BY_ID: dict[bytes, Route] = {b"GET": Processor.get_payment}
 # 405 answers, one per route, keyed by the identity of the route's method table.
