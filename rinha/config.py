@@ -27,6 +27,7 @@ class ServiceConfig:
     settle_after: float
     health_interval: float
     probe_gap: float
+    max_hold: float
 
 
 def _positive_int(text: str) -> int:
@@ -40,6 +41,13 @@ def _positive_float(text: str) -> float:
     value = float(text)
     if not value > 0:
         raise argparse.ArgumentTypeError(f"{text} is not a positive number")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a non-negative number")
     return value
 
 
@@ -112,6 +120,13 @@ def add_service_options(parser: argparse.ArgumentParser) -> None:
         "per 5 s (default %(default)s)",
     )
     parser.add_argument(
+        "--max-hold",
+        type=_non_negative_float,
+        default=70.0,
+        help="seconds a payment waits for a failing default processor before it may go to "
+        "the fallback; 0 sends it there at once (default %(default)s)",
+    )
+    parser.add_argument(
         "--probe-gap",
         type=_positive_float,
         default=1.0,
@@ -148,4 +163,5 @@ def service_config(args: argparse.Namespace, environ: Mapping[str, str]) -> Serv
         settle_after=args.settle_after,
         health_interval=args.health_interval,
         probe_gap=args.probe_gap,
+        max_hold=args.max_hold,
     )

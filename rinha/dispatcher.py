@@ -43,6 +43,7 @@ class Dispatcher:
         workers: int,
         settle_after: float,
         probe_gap: float,
+        max_hold: float,
     ) -> None:
         self._ledger = ledger
         self._clients = clients
@@ -50,6 +51,7 @@ class Dispatcher:
         self._buffer: RingBuffer[Payment] = RingBuffer(capacity)
         self._worker_count = workers
         self._settle_after = settle_after
+        self._max_hold = max_hold
         self.health = {name: ProcessorHealth(probe_gap) for name in clients}
         self._loop = asyncio.get_running_loop()
         self._idle: deque[asyncio.Future[None]] = deque()
@@ -87,6 +89,7 @@ class Dispatcher:
 
     def submit(self, payment: Payment) -> bool:
         """Queue an accepted payment; False when the buffer is full."""
+        payment.accepted_at = self._loop.time()
         if not self._buffer.push(payment):
             return False
         self.pending_count += 1
@@ -122,17 +125,18 @@ class Dispatcher:
                 if await self._settle(payment):
                     return
                 continue
-            route = self._choose()
+            route = self._choose(payment)
             if route is Route.HOLD:
-                await self._hold()
+                await self._hold(payment)
                 continue
             if await self._attempt(payment, route.value):
                 return
 
-    def _choose(self) -> Route:
+    def _choose(self, payment: Payment) -> Route:
         now = self._loop.time()
         default, fallback = self.health["default"], self.health["fallback"]
-        return choose_route(RoutingState(default.view(now), fallback.view(now)))
+        held_enough = now - payment.accepted_at >= self._max_hold
+        return choose_route(RoutingState(default.view(now), fallback.view(now), held_enough))
 
     async def _attempt(self, payment: Payment, name: str) -> bool:
         """One fresh attempt on `name`; True when the payment is recorded."""
@@ -224,9 +228,13 @@ class Dispatcher:
         self._change.set_result(None)
         self._change = self._loop.create_future()
 
-    async def _hold(self) -> None:
-        """Wait for news about either processor, or until a probe is due."""
+    async def _hold(self, payment: Payment) -> None:
+        """Wait for news about either processor, until a probe is due or the payment has
+        waited long enough for the default."""
         now = self._loop.time()
-        probe_due = min(h.next_probe_at() for h in self.health.values())
-        timeout = min(max(probe_due - now, _FIRST_BACKOFF), _MAX_HOLD)
+        wake_at = min(
+            min(h.next_probe_at() for h in self.health.values()),
+            payment.accepted_at + self._max_hold,
+        )
+        timeout = min(max(wake_at - now, _FIRST_BACKOFF), _MAX_HOLD)
         await asyncio.wait([self._change], timeout=timeout)

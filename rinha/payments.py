@@ -33,6 +33,7 @@ class Payment:
 
     __slots__ = (
         "_body_head",
+        "accepted_at",
         "cents",
         "correlation_id",
         "requested_at_ms",
@@ -50,6 +51,7 @@ class Payment:
         self.requested_at_ms: int | None = None
         self.unsettled_on: str | None = None
         self.unsettled_since = 0.0
+        self.accepted_at = 0.0  # loop time, set when queued
 
     def body(self, requested_at: str) -> bytes:
         """The processor's request body for an attempt stamped `requested_at`."""

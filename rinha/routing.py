@@ -1,8 +1,13 @@
 """Where the next attempt goes: a pure function of what is known about both processors.
 
 The default processor's fee is always the lower one (SPEC.md §1), so it is preferred whenever
-it is not failing, however slow: a slow answer costs nothing once the client has its 202. The
-fallback is used only while the default is failing; with both failing, payments are held.
+it is not failing, however slow: a slow answer costs nothing once the client has its 202.
+
+While the default fails, a payment waits for it up to `--max-hold` seconds since it was
+accepted, and only then goes to the fallback. Waiting costs nothing the test measures (the
+POST was answered long before) as long as the backlog drains before the test ends, and it
+saves the fee difference on every held payment: in the final scenario the default fails for
+60 s and then answers in 0 ms (SPEC.md §4). With both failing, payments are held.
 
 A failing processor is re-tried with one probe at a time, sent with a real payment (a refused
 probe costs nothing: the payment is retried), so recovery is seen before the next health report.
@@ -32,6 +37,7 @@ class ProcessorView:
 class RoutingState:
     default: ProcessorView
     fallback: ProcessorView
+    held_enough: bool  # this payment has waited for the default as long as it may
 
 
 def _usable(view: ProcessorView) -> bool:
@@ -41,6 +47,6 @@ def _usable(view: ProcessorView) -> bool:
 def choose_route(state: RoutingState) -> Route:
     if _usable(state.default):
         return Route.DEFAULT
-    if _usable(state.fallback):
+    if state.held_enough and _usable(state.fallback):
         return Route.FALLBACK
     return Route.HOLD

@@ -17,6 +17,8 @@ from rinha.ledger import open_ledger
 from rinha.processor_client import HealthReport, ProcessorClient
 
 log = logging.getLogger("rinha")
+# At a stop, how long payments in flight get to finish; the journal keeps the rest.
+DRAIN_SECONDS = 5.0
 
 
 async def run_service(config: ServiceConfig) -> None:
@@ -46,6 +48,7 @@ async def run_service(config: ServiceConfig) -> None:
         workers=config.workers,
         settle_after=config.settle_after,
         probe_gap=config.probe_gap,
+        max_hold=config.max_hold,
     )
     peers = Peers(config.peers) if config.peers else None
     dispatcher.restore(list(recovered.pending.values()))
@@ -82,7 +85,7 @@ async def run_service(config: ServiceConfig) -> None:
 
     await stop.wait()
     await server.shutdown()
-    await dispatcher.drain(config.processor_timeout)
+    await dispatcher.drain(DRAIN_SECONDS)
     if poller is not None:
         poller.cancel()
     await dispatcher.stop()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -98,8 +99,10 @@ async def run_burst(service: Service, processors: Any) -> tuple[int, list[str], 
 
 
 def test_summary_matches_processors_throughout_a_burst(
-    service: Service, fresh_processors: Any
+    service_factory: Callable[..., Service], fresh_processors: Any
 ) -> None:
+    # Payments wait at most 0.3 s for a failing default, so both processors are used.
+    service = service_factory("--max-hold", "0.3")
     accepted, differences, audits = asyncio.run(run_burst(service, fresh_processors))
     assert accepted == PAYMENTS
     assert audits >= 5

@@ -37,8 +37,11 @@ def test_slow_default_is_still_preferred(service: Service, fresh_processors: Any
     assert_audit_exact(service, fresh_processors)
 
 
-def test_failing_default_routes_to_fallback(service: Service, fresh_processors: Any) -> None:
+def test_failing_default_routes_to_fallback_once_held_enough(
+    service_factory: Callable[..., Service], fresh_processors: Any
+) -> None:
     fresh_processors.default.set_failure(True)
+    service = service_factory("--max-hold", "0")
     for _ in range(10):
         assert service.pay().status == 202
     service.wait_settled()
@@ -47,7 +50,38 @@ def test_failing_default_routes_to_fallback(service: Service, fresh_processors: 
     assert_audit_exact(service, fresh_processors)
 
 
-def test_default_is_used_again_once_it_recovers(service: Service, fresh_processors: Any) -> None:
+def test_failing_default_is_waited_for_up_to_max_hold(
+    service_factory: Callable[..., Service], fresh_processors: Any
+) -> None:
+    fresh_processors.default.set_failure(True)
+    service = service_factory("--max-hold", "30")
+    for _ in range(5):
+        assert service.pay().status == 202
+    # Held, not sent to the dearer fallback: visibly pending.
+    assert service.summary()["pending"]["totalRequests"] == 5
+    fresh_processors.default.set_failure(False)
+    service.wait_settled()
+    assert counts(fresh_processors) == (5, 0)
+    assert_audit_exact(service, fresh_processors)
+
+
+def test_held_payment_goes_to_fallback_after_max_hold(
+    service_factory: Callable[..., Service], fresh_processors: Any
+) -> None:
+    fresh_processors.default.set_failure(True)
+    service = service_factory("--max-hold", "1")
+    for _ in range(5):
+        assert service.pay().status == 202
+    assert service.summary()["pending"]["totalRequests"] == 5
+    service.wait_settled()
+    assert counts(fresh_processors) == (0, 5)
+    assert_audit_exact(service, fresh_processors)
+
+
+def test_default_is_used_again_once_it_recovers(
+    service_factory: Callable[..., Service], fresh_processors: Any
+) -> None:
+    service = service_factory("--max-hold", "0")
     fresh_processors.default.set_failure(True)
     service.pay()
     service.wait_settled()
@@ -92,7 +126,9 @@ def test_unanswered_attempt_that_was_not_stored_goes_elsewhere_once_settled(
     # unanswered, and the default never stores it.
     fresh_processors.default.set_failure(True)
     fresh_processors.default.set_delay(600)
-    service = service_factory("--processor-timeout", "0.3", "--settle-after", "1")
+    service = service_factory(
+        "--processor-timeout", "0.3", "--settle-after", "1", "--max-hold", "0"
+    )
     assert service.pay().status == 202
     # Answers now come before the timeout: re-sends are refused, the lookup finds nothing.
     fresh_processors.default.set_delay(0)
@@ -102,8 +138,9 @@ def test_unanswered_attempt_that_was_not_stored_goes_elsewhere_once_settled(
 
 
 def test_both_failing_holds_payments_until_one_recovers(
-    service: Service, fresh_processors: Any
+    service_factory: Callable[..., Service], fresh_processors: Any
 ) -> None:
+    service = service_factory("--max-hold", "0")
     fresh_processors.default.set_failure(True)
     fresh_processors.fallback.set_failure(True)
     for _ in range(20):
@@ -119,7 +156,7 @@ def test_both_failing_holds_payments_until_one_recovers(
 def test_unreachable_default_is_routed_around(
     service_factory: Callable[..., Service], fresh_processors: Any
 ) -> None:
-    service = service_factory(default_url=f"http://127.0.0.1:{free_port()}")
+    service = service_factory("--max-hold", "0", default_url=f"http://127.0.0.1:{free_port()}")
     for _ in range(5):
         assert service.pay().status == 202
     summary = service.wait_settled()

@@ -99,6 +99,7 @@ async def in_process(ops: int) -> list[tuple[str, float]]:
             workers=1,
             settle_after=1,
             probe_gap=1,
+            max_hold=0,
         )
 
     bodies = [payment_body() for _ in range(REPEATS * ops)]
@@ -176,7 +177,7 @@ async def in_process(ops: int) -> list[tuple[str, float]]:
         )
     )
 
-    state = RoutingState(ProcessorView(True, False), ProcessorView(False, False))
+    state = RoutingState(ProcessorView(True, False), ProcessorView(False, False), True)
     rows.append(
         ("routing decision", per_op_ns(lambda n: [choose_route(state) for _ in range(n)], ops))
     )
