@@ -93,10 +93,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from rinha.stack import StackError, StackOptions, default_run_dir, run_stack
 
-    given = [os.environ.get(f"PROCESSOR_{name.upper()}_URL") for name in ("default", "fallback")]
+    default_url = os.environ.get("PROCESSOR_DEFAULT_URL")
+    fallback_url = os.environ.get("PROCESSOR_FALLBACK_URL")
     urls = None
-    if all(given):
-        urls = {"default": given[0], "fallback": given[1]}
+    if default_url and fallback_url:
+        urls = {"default": default_url, "fallback": fallback_url}
     options = StackOptions(
         args.port,
         args.stats_port,
