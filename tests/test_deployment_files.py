@@ -1,0 +1,345 @@
+"""compose.yaml and Containerfile, checked without a container engine (none runs here).
+
+They must keep the contest's deployment rules (SPEC.md §5) and stay in step with the code they
+start: the replicas' commands are the ones `python -m rinha up` runs (rinha/stack.py, plan()),
+every option and environment variable they use is one the code reads, and the default split
+of CPU and memory is the table in rinha/bench/limits.py.
+
+A *stack* is what one `docker compose up` starts: the services without a profile, or one
+profile's load balancer named on the command line with everything it depends on.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from configparser import ConfigParser
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rinha.bench.limits import CONTEST_LIMITS
+from rinha.cli import build_parser
+from rinha.config import service_config
+from rinha.stack import Child, StackOptions, plan
+
+yaml = pytest.importorskip("yaml", reason="PyYAML is not installed (pip install -e '.[test]')")
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPOSE = ROOT / "compose.yaml"
+CONTAINERFILE = ROOT / "Containerfile"
+HAPROXY_CONFIG = ROOT / "haproxy" / "haproxy.cfg"
+
+CPU_LIMIT = 1.5
+MEMORY_LIMIT_MB = 350
+PUBLIC_PORT = "9999:9999"
+PROCESSORS_NETWORK = "payment-processor"
+PROCESSOR_URLS = {
+    "PROCESSOR_DEFAULT_URL": "http://payment-processor-default:8080",
+    "PROCESSOR_FALLBACK_URL": "http://payment-processor-fallback:8080",
+}
+BYTE_UNITS = {"b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+
+
+def services() -> dict[str, dict[str, Any]]:
+    return yaml.safe_load(COMPOSE.read_text())["services"]
+
+
+def depends_on(service: dict[str, Any]) -> list[str]:
+    needs = service.get("depends_on", [])
+    return list(needs) if isinstance(needs, (list, dict)) else []
+
+
+def stacks() -> dict[str, list[str]]:
+    """Stack name -> its services: "default", and one per profiled service publishing 9999."""
+    found = {"default": [name for name, s in services().items() if not s.get("profiles")]}
+    for name, service in services().items():
+        if service.get("profiles") and PUBLIC_PORT in service.get("ports", []):
+            members, todo = [], [name]
+            while todo:
+                member = todo.pop()
+                if member not in members:
+                    members.append(member)
+                    todo += depends_on(services()[member])
+            found[name] = members
+    return found
+
+
+def is_replica(service: dict[str, Any]) -> bool:
+    return "build" in service
+
+
+def replicas(stack: list[str]) -> list[str]:
+    return sorted(name for name in stack if is_replica(services()[name]))
+
+
+def megabytes(text: str) -> float:
+    parsed = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([bkmg])b?", text.lower())
+    assert parsed is not None, f"not a compose byte value: {text}"
+    amount, unit = parsed.groups()
+    return float(amount) * BYTE_UNITS[unit] / 1024**2
+
+
+def limits(service: dict[str, Any]) -> tuple[float, float]:
+    capped = service["deploy"]["resources"]["limits"]
+    return float(capped["cpus"]), megabytes(capped["memory"])
+
+
+def mounts(service: dict[str, Any]) -> dict[str, str]:
+    """Mount target -> source, for the short volume syntax."""
+    found = {}
+    for volume in service.get("volumes", []):
+        source, target = volume.split(":")[:2]
+        found[target] = source
+    return found
+
+
+# The contest's rules
+
+
+def test_there_is_the_default_stack_and_the_mongo_one() -> None:
+    assert sorted(stacks()) == ["default", "haproxy-mongo"]
+
+
+@pytest.mark.parametrize("stack", sorted(stacks()))
+def test_every_stack_fits_the_contest_limits(stack: str) -> None:
+    capped = [limits(services()[name]) for name in stacks()[stack]]
+    assert round(sum(cpus for cpus, _ in capped), 3) <= CPU_LIMIT
+    assert sum(memory for _, memory in capped) <= MEMORY_LIMIT_MB
+
+
+def test_the_default_split_is_the_bench_table() -> None:
+    default = stacks()["default"]
+    assert sorted(default) == sorted(CONTEST_LIMITS)
+    for name, limit in CONTEST_LIMITS.items():
+        assert limits(services()[name]) == (limit.cpus, limit.memory_mb), name
+
+
+@pytest.mark.parametrize("stack", sorted(stacks()))
+def test_one_load_balancer_on_9999_in_front_of_at_least_two_replicas(stack: str) -> None:
+    members = stacks()[stack]
+    published = [name for name in members if services()[name].get("ports")]
+    assert len(published) == 1
+    assert services()[published[0]]["ports"] == [PUBLIC_PORT]
+    assert len(replicas(members)) >= 2
+    assert sorted(depends_on(services()[published[0]])) == replicas(members)
+
+
+def test_bridge_networks_and_the_external_processor_network() -> None:
+    networks = yaml.safe_load(COMPOSE.read_text())["networks"]
+    assert networks[PROCESSORS_NETWORK] == {"external": True}
+    for name, network in networks.items():
+        if name != PROCESSORS_NETWORK:
+            assert network["driver"] == "bridge"
+    for name, service in services().items():
+        if is_replica(service):
+            assert PROCESSORS_NETWORK in service["networks"], name
+
+
+def test_nothing_forbidden() -> None:
+    for name, service in services().items():
+        assert "replicas" not in service.get("deploy", {}), name
+        assert "network_mode" not in service, name
+        assert not service.get("privileged"), name
+        assert service.get("pid") != "host" and service.get("ipc") != "host", name
+
+
+def test_a_profiled_stack_starts_none_of_the_default_services() -> None:
+    for stack, members in stacks().items():
+        if stack != "default":
+            profiles = {tuple(services()[name].get("profiles", ())) for name in members}
+            assert profiles == {("mongo",)}, stack
+    for name in stacks()["default"]:
+        for needed in depends_on(services()[name]):
+            assert not services()[needed].get("profiles"), (name, needed)
+
+
+def test_compose_file_matches_the_compose_specification() -> None:
+    try:
+        import check_jsonschema  # noqa: F401
+    except ImportError:
+        pytest.skip("check-jsonschema is not installed (pip install -e '.[test]')")
+    command = [sys.executable, "-m", "check_jsonschema", "--builtin-schema"]
+    checked = subprocess.run(
+        [*command, "vendor.compose-spec", str(COMPOSE)],
+        check=False,
+        capture_output=True,
+        text=True,
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+# In step with the code
+
+
+def native_replicas(monkeypatch: pytest.MonkeyPatch) -> list[Child]:
+    """plan()'s replicas with /sockets as its run directory and the contest's processors.
+    HAProxy need not be installed: plan() only looks its path up."""
+    monkeypatch.setattr(shutil, "which", lambda name: f"/usr/sbin/{name}")
+    urls = {
+        "default": PROCESSOR_URLS["PROCESSOR_DEFAULT_URL"],
+        "fallback": PROCESSOR_URLS["PROCESSOR_FALLBACK_URL"],
+    }
+    options = StackOptions(9999, 9998, "final", (8001, 8002), urls, Path("/sockets"))
+    children = [child for child in plan(options) if child.name.startswith("replica-")]
+    assert [child.name for child in children] == ["replica-1", "replica-2", "replica-3"]
+    return children
+
+
+@pytest.mark.parametrize("stack", sorted(stacks()))
+def test_replicas_start_as_the_native_stack_starts_them(
+    stack: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, *entrypoint = containerfile_entrypoint()
+    for name, native in zip(replicas(stacks()[stack]), native_replicas(monkeypatch), strict=True):
+        service = services()[name]
+        # The same command, Python's path aside, and the same environment, the ledger aside.
+        assert entrypoint + service["command"] == native.command[1:], name
+        assert native.env == {k: v for k, v in service["environment"].items() if k in native.env}
+        assert set(service["environment"]) - set(native.env) <= {"RINHA_LEDGER"}, name
+
+
+@pytest.mark.parametrize("stack", sorted(stacks()))
+def test_replica_settings_are_ones_the_service_reads(stack: str) -> None:
+    for name in replicas(stacks()[stack]):
+        service = services()[name]
+        environment = service["environment"]
+        args = build_parser().parse_args(["serve", *service["command"]])
+        config = service_config(args, environment)  # raises on a bad RINHA_LEDGER
+        assert config.processor_urls == {
+            "default": PROCESSOR_URLS["PROCESSOR_DEFAULT_URL"],
+            "fallback": PROCESSOR_URLS["PROCESSOR_FALLBACK_URL"],
+        }
+        for variable in environment:
+            assert variable_is_read(variable), variable
+        if stack == "default":
+            assert config.ledger_url is None
+        else:
+            ledger = environment["RINHA_LEDGER"]
+            assert ledger.split("//")[1].split(":")[0] in stacks()[stack], ledger
+
+
+def variable_is_read(variable: str) -> bool:
+    return any(f'"{variable}"' in path.read_text() for path in (ROOT / "rinha").rglob("*.py"))
+
+
+@pytest.mark.parametrize("stack", sorted(stacks()))
+def test_haproxy_finds_the_replica_sockets(stack: str) -> None:
+    members = stacks()[stack]
+    balancer = services()[next(name for name in members if services()[name].get("ports"))]
+    config = HAPROXY_CONFIG.read_text()
+    assert set(balancer["environment"]) == set(re.findall(r"\$\{(\w+)\}", config))
+    balancer_mounts = mounts(balancer)
+    config_source = balancer_mounts["/usr/local/etc/haproxy/haproxy.cfg"]
+    assert (ROOT / config_source).resolve() == HAPROXY_CONFIG
+    socket_dir = balancer["environment"]["RINHA_SOCKET_DIR"]
+    volume = balancer_mounts[socket_dir]
+    servers = re.findall(r'server (\S+) "unix@\$\{RINHA_SOCKET_DIR\}/(\S+)"', config)
+    for name, (_, socket) in zip(replicas(members), servers, strict=True):
+        service = services()[name]
+        unix = build_parser().parse_args(["serve", *service["command"]]).unix
+        assert mounts(service)[socket_dir] == volume, name
+        assert unix == f"{socket_dir}/{socket}", name
+
+
+@pytest.mark.parametrize("stack", sorted(stacks()))
+def test_haproxy_accepts_its_configuration_with_the_stack_environment(stack: str) -> None:
+    haproxy = shutil.which("haproxy")
+    if haproxy is None:
+        pytest.skip("haproxy is not installed (apt-get install haproxy)")
+    members = stacks()[stack]
+    balancer = services()[next(name for name in members if services()[name].get("ports"))]
+    checked = subprocess.run(
+        [haproxy, "-c", "-f", str(HAPROXY_CONFIG)],
+        env=balancer["environment"],
+        check=False,
+        capture_output=True,
+        text=True,
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+# The image
+
+
+def containerfile_stages() -> list[list[tuple[str, str]]]:
+    """The Containerfile's instructions, (KEYWORD, arguments), one list per stage."""
+    text = re.sub(r"\\\n", " ", CONTAINERFILE.read_text())
+    stages: list[list[tuple[str, str]]] = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        keyword, _, arguments = line.partition(" ")
+        if keyword.upper() == "FROM":
+            stages.append([])
+        stages[-1].append((keyword.upper(), arguments.strip()))
+    return stages
+
+
+def instructions(stage: list[tuple[str, str]], keyword: str) -> Iterator[str]:
+    return (arguments for found, arguments in stage if found == keyword)
+
+
+def containerfile_entrypoint() -> list[str]:
+    (entrypoint,) = instructions(containerfile_stages()[-1], "ENTRYPOINT")
+    return json.loads(entrypoint)
+
+
+def test_the_image_runs_rinha_serve_from_its_environment() -> None:
+    build, final = containerfile_stages()
+    python, *arguments = containerfile_entrypoint()
+    assert arguments == ["-m", "rinha", "serve"]
+    environment = python.removesuffix("/bin/python")
+    created = " ".join(instructions(build, "RUN"))
+    assert f"venv --without-pip {environment}" in created
+    assert any(
+        copied.endswith(f" {environment} {environment}") for copied in instructions(final, "COPY")
+    )
+
+
+def test_the_image_runs_as_the_user_haproxy_runs_as() -> None:
+    final = containerfile_stages()[-1]
+    (user,) = instructions(final, "USER")
+    assert user not in ("root", "0")
+    uid = re.search(rf"useradd .*--uid (\d+) .*\b{user}\b", " ".join(instructions(final, "RUN")))
+    assert uid is not None
+    for name, service in services().items():
+        if service.get("ports"):
+            assert service["user"] == f"{uid.group(1)}:{uid.group(1)}", name
+
+
+def test_the_image_installs_exactly_what_setup_cfg_requires() -> None:
+    build, final = containerfile_stages()
+    installs = [
+        shlex.split(part.strip())
+        for run in instructions(build, "RUN")
+        for part in run.split("&&")
+        if " install " in f" {part} "
+    ]
+    assert len(installs) == 1
+    assert installs[0][0] == "pip" and installs[0][-2:] == ["install", "."]
+    copied = " ".join(instructions(build, "COPY")).split()
+    setup = ConfigParser()
+    setup.read(ROOT / "setup.cfg")
+    readme = setup["metadata"]["long_description"].removeprefix("file:").strip()
+    for needed in ("pyproject.toml", "setup.cfg", readme, "rinha"):
+        assert needed in copied, needed
+    # Nothing is installed or built in the final stage: only the environment is copied in.
+    final_runs = " ".join(instructions(final, "RUN"))
+    assert "pip" not in final_runs and "apt-get" not in final_runs
+
+
+def test_images_are_pinned_to_exact_releases() -> None:
+    for stage in containerfile_stages():
+        (base,) = (arguments.split()[0] for keyword, arguments in stage if keyword == "FROM")
+        assert re.fullmatch(r"python:3\.11\.\d+-slim-\w+(@sha256:[0-9a-f]{64})?", base), base
+    for name, service in services().items():
+        if "image" in service and not is_replica(service):
+            assert re.fullmatch(r"[\w.-]+:\d+\.\d+\.\d+(-\w+)?", service["image"]), name
