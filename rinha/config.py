@@ -10,6 +10,21 @@ from rinha.ledger import STORE_SCHEMES
 
 
 @dataclass(frozen=True, slots=True)
+class DispatchSettings:
+    """How accepted payments travel to the processors (rinha/dispatcher.py)."""
+
+    buffer_capacity: int
+    workers: int
+    max_in_flight: int
+    max_send_rate: float
+    settle_after: float
+    probe_gap: float
+    max_hold: float
+    spill_after: float
+    stamp_ahead_ms: int
+
+
+@dataclass(frozen=True, slots=True)
 class ServiceConfig:
     host: str
     port: int | None
@@ -21,13 +36,9 @@ class ServiceConfig:
     journal: str | None
     journal_fsync: bool
     processor_urls: dict[str, str]
-    buffer_capacity: int
-    workers: int
     processor_timeout: float
-    settle_after: float
     health_interval: float
-    probe_gap: float
-    max_hold: float
+    dispatch: DispatchSettings
 
 
 def _positive_int(text: str) -> int:
@@ -95,8 +106,36 @@ def add_service_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--workers",
         type=_positive_int,
+        default=520,
+        help="payments being delivered at once, held ones included (default %(default)s)",
+    )
+    parser.add_argument(
+        "--max-in-flight",
+        type=_positive_int,
+        default=260,
+        help="fresh calls in flight to one processor at once; the processors take 800 from "
+        "all replicas together (default %(default)s)",
+    )
+    parser.add_argument(
+        "--max-send-rate",
+        type=_positive_float,
+        default=1000.0,
+        help="fresh processor calls per second at most, so a draining backlog leaves the "
+        "event loop free to answer (default %(default)s)",
+    )
+    parser.add_argument(
+        "--spill-after",
+        type=_non_negative_float,
+        default=1.0,
+        help="seconds a payment may expect to wait for a free slot on a slow default before "
+        "it goes to a working fallback instead (default %(default)s)",
+    )
+    parser.add_argument(
+        "--stamp-ahead-ms",
+        type=int,
         default=250,
-        help="payments in flight to the processors at once (default %(default)s)",
+        help="requestedAt is the send time plus this, so a payment the processor stores near "
+        "an audit window's end is outside it on both sides (default %(default)s)",
     )
     parser.add_argument(
         "--processor-timeout",
@@ -157,11 +196,17 @@ def service_config(args: argparse.Namespace, environ: Mapping[str, str]) -> Serv
                 "PROCESSOR_FALLBACK_URL", "http://payment-processor-fallback:8080"
             ),
         },
-        buffer_capacity=args.buffer_capacity,
-        workers=args.workers,
         processor_timeout=args.processor_timeout,
-        settle_after=args.settle_after,
         health_interval=args.health_interval,
-        probe_gap=args.probe_gap,
-        max_hold=args.max_hold,
+        dispatch=DispatchSettings(
+            buffer_capacity=args.buffer_capacity,
+            workers=args.workers,
+            max_in_flight=args.max_in_flight,
+            max_send_rate=args.max_send_rate,
+            settle_after=args.settle_after,
+            probe_gap=args.probe_gap,
+            max_hold=args.max_hold,
+            spill_after=args.spill_after,
+            stamp_ahead_ms=args.stamp_ahead_ms,
+        ),
     )

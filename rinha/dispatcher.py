@@ -10,6 +10,16 @@ Rules (SPEC.md §3, §4), each one enforced here:
   go elsewhere only when the lookup says "not stored" and `settle_after` seconds have passed
   since the last unknown attempt, longer than a processor can hold a request.
 - A payment is never dropped: it is pending, and counted as such, until recorded.
+
+Pacing: each processor gets at most `max_in_flight` fresh attempts at once from this replica
+(three replicas stay under the processors' 800), and fresh attempts leave at most
+`max_send_rate` a second, so that draining a backlog never takes the event loop away from
+answering `POST /payments` (the test's p99 counts every request).
+
+requestedAt is the send time plus `stamp_ahead_ms`. The test's audit compares windows ending
+2 s (or 1.5 s) before now; a processor answering after about that long would store a payment
+inside the window at the very moment the audit reads both sides, before our record of it. A
+stamp slightly ahead keeps such payments outside the window until both sides have them.
 """
 
 from __future__ import annotations
@@ -19,6 +29,7 @@ from collections import deque
 
 from rinha.buffer import RingBuffer
 from rinha.clock import format_ms, now_ms
+from rinha.config import DispatchSettings
 from rinha.health import ProcessorHealth
 from rinha.journal import Journal, NoJournal
 from rinha.ledger import Ledger
@@ -30,6 +41,8 @@ _FIRST_BACKOFF = 0.05
 _MAX_BACKOFF = 2.0
 # Held workers re-check at least this often, whatever they are told.
 _MAX_HOLD = 1.0
+# Our own share of a processor call's duration, beyond the processor's announced delay.
+_CALL_OVERHEAD_MS = 5
 
 
 class Dispatcher:
@@ -38,22 +51,20 @@ class Dispatcher:
         ledger: Ledger,
         clients: dict[str, ProcessorClient],
         journal: Journal | NoJournal,
+        settings: DispatchSettings,
         *,
         capacity: int,
-        workers: int,
-        settle_after: float,
-        probe_gap: float,
-        max_hold: float,
     ) -> None:
         self._ledger = ledger
         self._clients = clients
         self._journal = journal
+        self._settings = settings
         self._buffer: RingBuffer[Payment] = RingBuffer(capacity)
-        self._worker_count = workers
-        self._settle_after = settle_after
-        self._max_hold = max_hold
-        self.health = {name: ProcessorHealth(probe_gap) for name in clients}
+        self.health = {name: ProcessorHealth(settings.probe_gap) for name in clients}
+        self._slots = {name: _Slots(settings.max_in_flight) for name in clients}
+        self._send_interval = 1.0 / settings.max_send_rate
         self._loop = asyncio.get_running_loop()
+        self._next_send_at = self._loop.time()
         self._idle: deque[asyncio.Future[None]] = deque()
         self._change: asyncio.Future[None] = self._loop.create_future()
         self._workers: list[asyncio.Task[None]] = []
@@ -61,7 +72,8 @@ class Dispatcher:
         self.pending_cents = 0
 
     def start(self) -> None:
-        self._workers = [self._loop.create_task(self._work()) for _ in range(self._worker_count)]
+        count = self._settings.workers
+        self._workers = [self._loop.create_task(self._work()) for _ in range(count)]
 
     async def drain(self, timeout: float) -> None:
         """Wait up to `timeout` seconds for every pending payment to be recorded."""
@@ -135,8 +147,15 @@ class Dispatcher:
     def _choose(self, payment: Payment) -> Route:
         now = self._loop.time()
         default, fallback = self.health["default"], self.health["fallback"]
-        held_enough = now - payment.accepted_at >= self._max_hold
-        return choose_route(RoutingState(default.view(now), fallback.view(now), held_enough))
+        held_enough = now - payment.accepted_at >= self._settings.max_hold
+        # Seconds until a default slot frees for this payment if every queued payment goes
+        # there first: the queue ahead, over the slots, times one call's expected duration.
+        ahead = self._slots["default"].waiting + len(self._buffer)
+        call_seconds = (default.min_response_ms + _CALL_OVERHEAD_MS) / 1000
+        backlog = ahead / self._settings.max_in_flight * call_seconds
+        saturated = backlog > self._settings.spill_after
+        state = RoutingState(default.view(now), fallback.view(now), held_enough, saturated)
+        return choose_route(state)
 
     async def _attempt(self, payment: Payment, name: str) -> bool:
         """One fresh attempt on `name`; True when the payment is recorded."""
@@ -144,10 +163,13 @@ class Dispatcher:
         probe = health.failing
         if probe:
             health.start_probe(self._loop.time())
-        payment.requested_at_ms = requested_at = now_ms()
-        self._journal.sent(payment, name, requested_at)
         try:
-            outcome = await self._clients[name].send(payment.body(format_ms(requested_at)))
+            async with self._slots[name]:
+                await self._pace()
+                requested_at = now_ms() + self._settings.stamp_ahead_ms
+                payment.requested_at_ms = requested_at
+                self._journal.sent(payment, name, requested_at)
+                outcome = await self._clients[name].send(payment.body(format_ms(requested_at)))
         finally:
             if probe:
                 health.end_probe()
@@ -182,10 +204,11 @@ class Dispatcher:
             if isinstance(stored, StoredPayment):
                 self._record(payment, name, stored.requested_at_ms, stored.cents)
                 return True
-            if (
-                stored is None
-                and self._loop.time() - payment.unsettled_since >= self._settle_after
-            ):
+            settled_long_enough = (
+                self._loop.time() - payment.unsettled_since >= self._settings.settle_after
+            )
+            if stored is None and settled_long_enough:
+                self._journal.not_stored(payment)
                 payment.unsettled_on = None
                 return False
             outcome = await client.send(body)
@@ -229,12 +252,51 @@ class Dispatcher:
         self._change = self._loop.create_future()
 
     async def _hold(self, payment: Payment) -> None:
-        """Wait for news about either processor, until a probe is due or the payment has
-        waited long enough for the default."""
+        """Wait for news about either processor, until a probe of a failing one is due or the
+        payment has waited long enough for the default."""
         now = self._loop.time()
-        wake_at = min(
-            min(h.next_probe_at() for h in self.health.values()),
-            payment.accepted_at + self._max_hold,
-        )
+        wake_at = payment.accepted_at + self._settings.max_hold
+        for health in self.health.values():
+            if health.failing:
+                wake_at = min(wake_at, health.next_probe_at())
         timeout = min(max(wake_at - now, _FIRST_BACKOFF), _MAX_HOLD)
         await asyncio.wait([self._change], timeout=timeout)
+
+    async def _pace(self) -> None:
+        """Space fresh attempts `1 / max_send_rate` apart."""
+        now = self._loop.time()
+        send_at = max(self._next_send_at, now)
+        self._next_send_at = send_at + self._send_interval
+        if send_at > now:
+            await asyncio.sleep(send_at - now)
+
+
+class _Slots:
+    """At most `size` holders at once; the others wait their turn, counted in `waiting`."""
+
+    __slots__ = ("_free", "_turns", "waiting")
+
+    def __init__(self, size: int) -> None:
+        self._free = size
+        self._turns: deque[asyncio.Future[None]] = deque()
+        self.waiting = 0
+
+    async def __aenter__(self) -> None:
+        if self._free:
+            self._free -= 1
+            return
+        turn = asyncio.get_running_loop().create_future()
+        self._turns.append(turn)
+        self.waiting += 1
+        try:
+            await turn  # the releasing holder hands its slot over
+        finally:
+            self.waiting -= 1
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        while self._turns:
+            turn = self._turns.popleft()
+            if not turn.done():
+                turn.set_result(None)
+                return
+        self._free += 1

@@ -8,7 +8,6 @@ answer we cannot read — may have gone either way and must be settled on the sa
 
 from __future__ import annotations
 
-import asyncio
 import enum
 from dataclasses import dataclass
 
@@ -69,7 +68,7 @@ class ProcessorClient:
                 return _outcome_of(answer.status)
         except aiohttp.ClientConnectorError:
             return Outcome.REFUSED
-        except (aiohttp.ClientError, asyncio.TimeoutError):
+        except (TimeoutError, aiohttp.ClientError):
             return Outcome.UNKNOWN
 
     async def lookup(self, correlation_id: str) -> StoredPayment | None | Outcome:
@@ -85,7 +84,7 @@ class ProcessorClient:
                 return StoredPayment(
                     parse_us(stored["requestedAt"]) // 1000, round(stored["amount"] * 100)
                 )
-        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, KeyError, TypeError):
+        except (TimeoutError, aiohttp.ClientError, ValueError, KeyError, TypeError):
             return Outcome.UNKNOWN
 
     async def health(self) -> HealthReport | None:
@@ -97,7 +96,7 @@ class ProcessorClient:
                     return None
                 report = orjson.loads(body)
                 return HealthReport(bool(report["failing"]), int(report["minResponseTime"]))
-        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, KeyError, TypeError):
+        except (TimeoutError, aiohttp.ClientError, ValueError, KeyError, TypeError):
             return None
 
     async def close(self) -> None:

@@ -9,6 +9,12 @@ POST was answered long before) as long as the backlog drains before the test end
 saves the fee difference on every held payment: in the final scenario the default fails for
 60 s and then answers in 0 ms (SPEC.md §4). With both failing, payments are held.
 
+A slow default that is not failing can still fall behind: the processor takes 800 calls at a
+time, so at a 2 s delay it carries 400 payments a second, fewer than the test's peak. When the
+payments queued for it would wait longer than `--spill-after` for a free slot, the default is
+*saturated* and the next payment goes to a working fallback: a higher fee beats a payment still
+unprocessed when the test ends.
+
 A failing processor is re-tried with one probe at a time, sent with a real payment (a refused
 probe costs nothing: the payment is retried), so recovery is seen before the next health report.
 """
@@ -38,6 +44,7 @@ class RoutingState:
     default: ProcessorView
     fallback: ProcessorView
     held_enough: bool  # this payment has waited for the default as long as it may
+    default_saturated: bool  # its queue would wait longer than it may for a free slot
 
 
 def _usable(view: ProcessorView) -> bool:
@@ -46,6 +53,8 @@ def _usable(view: ProcessorView) -> bool:
 
 def choose_route(state: RoutingState) -> Route:
     if _usable(state.default):
+        if state.default_saturated and not state.fallback.failing:
+            return Route.FALLBACK
         return Route.DEFAULT
     if state.held_enough and _usable(state.fallback):
         return Route.FALLBACK

@@ -29,13 +29,18 @@ async def run_service(config: ServiceConfig) -> None:
 
     clients = {
         name: ProcessorClient(
-            name, url, connections=config.workers, timeout=config.processor_timeout
+            name,
+            url,
+            connections=config.dispatch.workers,
+            timeout=config.processor_timeout,
         )
         for name, url in config.processor_urls.items()
     }
     ledger = open_ledger(config.ledger_url)
-    journal = NoJournal() if config.journal is None else Journal(
-        config.journal, fsync=config.journal_fsync
+    journal = (
+        NoJournal()
+        if config.journal is None
+        else Journal(config.journal, fsync=config.journal_fsync)
     )
     recovered = journal.recover()
     for entry in recovered.confirmed:
@@ -44,11 +49,8 @@ async def run_service(config: ServiceConfig) -> None:
         ledger,
         clients,
         journal,
-        capacity=config.buffer_capacity + len(recovered.pending),
-        workers=config.workers,
-        settle_after=config.settle_after,
-        probe_gap=config.probe_gap,
-        max_hold=config.max_hold,
+        config.dispatch,
+        capacity=config.dispatch.buffer_capacity + len(recovered.pending),
     )
     peers = Peers(config.peers) if config.peers else None
     dispatcher.restore(list(recovered.pending.values()))

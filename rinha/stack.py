@@ -156,7 +156,9 @@ def describe(options: StackOptions, children: list[Child]) -> str:
     if options.processor_urls is None:
         fee_default, fee_fallback = FEES[options.fees]
         port_default, port_fallback = options.processor_ports
-        lines.append(f"  processor       default  http://127.0.0.1:{port_default} fee {fee_default}")
+        lines.append(
+            f"  processor       default  http://127.0.0.1:{port_default} fee {fee_default}"
+        )
         lines.append(
             f"  processor       fallback http://127.0.0.1:{port_fallback} fee {fee_fallback}"
         )

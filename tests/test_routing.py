@@ -8,25 +8,37 @@ OK = ProcessorView(failing=False, probe_allowed=False)
 DOWN = ProcessorView(failing=True, probe_allowed=False)
 DOWN_PROBE = ProcessorView(failing=True, probe_allowed=True)
 
-# (default, fallback, held long enough for the default) -> route
+HELD = True  # the payment has waited for the default as long as it may
+FRESH = False
+SATURATED = True  # the default's queue would wait too long for a slot
+FREE = False
+
+# (default, fallback, held, default saturated) -> route
 CASES = [
-    (OK, OK, False, Route.DEFAULT),
-    (OK, OK, True, Route.DEFAULT),
-    (OK, DOWN, True, Route.DEFAULT),
-    (OK, DOWN_PROBE, False, Route.DEFAULT),
-    (DOWN, OK, False, Route.HOLD),
-    (DOWN, OK, True, Route.FALLBACK),
-    (DOWN_PROBE, OK, False, Route.DEFAULT),
-    (DOWN_PROBE, OK, True, Route.DEFAULT),
-    (DOWN, DOWN_PROBE, False, Route.HOLD),
-    (DOWN, DOWN_PROBE, True, Route.FALLBACK),
-    (DOWN, DOWN, True, Route.HOLD),
-    (DOWN_PROBE, DOWN, True, Route.DEFAULT),
+    (OK, OK, FRESH, FREE, Route.DEFAULT),
+    (OK, OK, HELD, FREE, Route.DEFAULT),
+    (OK, DOWN, HELD, FREE, Route.DEFAULT),
+    (OK, DOWN_PROBE, FRESH, FREE, Route.DEFAULT),
+    (OK, OK, FRESH, SATURATED, Route.FALLBACK),
+    (OK, DOWN, FRESH, SATURATED, Route.DEFAULT),
+    (OK, DOWN_PROBE, FRESH, SATURATED, Route.DEFAULT),
+    (DOWN, OK, FRESH, FREE, Route.HOLD),
+    (DOWN, OK, HELD, FREE, Route.FALLBACK),
+    (DOWN_PROBE, OK, FRESH, FREE, Route.DEFAULT),
+    (DOWN_PROBE, OK, HELD, FREE, Route.DEFAULT),
+    (DOWN, DOWN_PROBE, FRESH, FREE, Route.HOLD),
+    (DOWN, DOWN_PROBE, HELD, FREE, Route.FALLBACK),
+    (DOWN, DOWN, HELD, FREE, Route.HOLD),
+    (DOWN_PROBE, DOWN, HELD, FREE, Route.DEFAULT),
 ]
 
 
-@pytest.mark.parametrize(("default", "fallback", "held_enough", "expected"), CASES)
+@pytest.mark.parametrize(("default", "fallback", "held", "saturated", "expected"), CASES)
 def test_choose_route(
-    default: ProcessorView, fallback: ProcessorView, held_enough: bool, expected: Route
+    default: ProcessorView,
+    fallback: ProcessorView,
+    held: bool,
+    saturated: bool,
+    expected: Route,
 ) -> None:
-    assert choose_route(RoutingState(default, fallback, held_enough)) is expected
+    assert choose_route(RoutingState(default, fallback, held, saturated)) is expected

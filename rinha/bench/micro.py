@@ -8,17 +8,19 @@ that only the accepting side is measured. Nothing here asserts a time.
 
 from __future__ import annotations
 
+import argparse
 import random
 import re
 import shutil
 import socket
 import statistics
 import subprocess
-import tempfile
 import sys
+import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 
 import httptools
@@ -26,6 +28,7 @@ import uvloop
 
 from rinha.app import App
 from rinha.clock import now_ms
+from rinha.config import DispatchSettings
 from rinha.dispatcher import Dispatcher
 from rinha.http import HttpConnection, HttpServer
 from rinha.journal import Journal, NoJournal
@@ -35,6 +38,18 @@ from rinha.processor_client import ProcessorClient
 from rinha.routing import ProcessorView, RoutingState, choose_route
 
 REPEATS = 7
+# The dispatcher is never started here; only its accepting side is timed.
+SETTINGS = DispatchSettings(
+    buffer_capacity=0,
+    workers=1,
+    max_in_flight=1,
+    max_send_rate=1.0,
+    settle_after=1.0,
+    probe_gap=1.0,
+    max_hold=0.0,
+    spill_after=1.0,
+    stamp_ahead_ms=0,
+)
 POST_LUA = Path(__file__).resolve().parents[2] / "bench" / "post.lua"
 
 
@@ -59,6 +74,10 @@ def per_op_ns(operation: Callable[[], object], ops: int) -> float:
             operation()
         samples.append((time.perf_counter_ns() - start) / ops)
     return statistics.median(samples)
+
+
+def _deliver_next(connection: HttpConnection, feed: Iterator[bytes]) -> None:
+    connection.data_received(next(feed))
 
 
 class _CountingTransport:
@@ -93,16 +112,7 @@ async def in_process(ops: int) -> list[tuple[str, float]]:
 
     def fresh_dispatcher() -> Dispatcher:
         # Never started: payments stay in the buffer, so only the accepting side is timed.
-        return Dispatcher(
-            ledger,
-            clients,
-            NoJournal(),
-            capacity=REPEATS * ops + 1,
-            workers=1,
-            settle_after=1,
-            probe_gap=1,
-            max_hold=0,
-        )
+        return Dispatcher(ledger, clients, NoJournal(), SETTINGS, capacity=REPEATS * ops + 1)
 
     bodies = [payment_body() for _ in range(REPEATS * ops)]
     requests = [post_request(body) for body in bodies]
@@ -155,7 +165,7 @@ async def in_process(ops: int) -> list[tuple[str, float]]:
             rows.append(
                 (
                     name,
-                    per_op_ns(lambda: connection.data_received(next(feed)), count),
+                    per_op_ns(partial(_deliver_next, connection, feed), count),
                 )
             )
             assert transport.answers == REPEATS * count, "every request must have been answered"
@@ -177,7 +187,7 @@ async def in_process(ops: int) -> list[tuple[str, float]]:
         )
     )
 
-    state = RoutingState(ProcessorView(True, False), ProcessorView(False, False), True)
+    state = RoutingState(ProcessorView(True, False), ProcessorView(False, False), True, False)
     rows.append(("routing decision", per_op_ns(lambda: choose_route(state), ops)))
     for client in clients.values():
         await client.close()
@@ -256,7 +266,14 @@ def loopback(seconds: int) -> list[tuple[str, float, str, str]]:
     return rows
 
 
-def main(ops: int = 20_000, wrk_seconds: int = 10) -> None:
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m rinha.bench",
+        description="Microbenchmarks of the hot path, then loopback figures with wrk. "
+        "`python -m rinha.bench k6 --help` for the official scenarios.",
+    )
+    parser.parse_args(argv)
+    ops, wrk_seconds = 20_000, 10
     print(f"in-process, median of {REPEATS} repeats")
     print(f"{'operation':<40} {'per op':>12}")
     for name, ns in uvloop.run(in_process(ops)):
@@ -272,4 +289,4 @@ def main(ops: int = 20_000, wrk_seconds: int = 10) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])
