@@ -169,8 +169,21 @@ def describe(options: StackOptions, children: list[Child]) -> str:
     return "\n".join(lines)
 
 
+def check_ports_free(ports: list[int]) -> None:
+    """Refuse to start on a port something else holds: its answers would pass for ours."""
+    for port in ports:
+        with socket.socket() as sock:
+            try:
+                sock.bind(("", port))
+            except OSError:
+                raise StackError(f"port {port} is already in use") from None
+
+
 def run_stack(options: StackOptions) -> int:
     children = plan(options)
+    check_ports_free(
+        [c.address for c in children if isinstance(c.address, int)] + [options.stats_port]
+    )
     stop_requested = False
 
     def request_stop(signum: int, frame: object) -> None:

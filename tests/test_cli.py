@@ -1,0 +1,72 @@
+"""`python -m rinha`: every option documented, a bad one refused with a clear message and no
+traceback."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "rinha", *args]
+    return subprocess.run(
+        command, capture_output=True, text=True, timeout=60, check=False, env=env
+    )
+
+
+def test_serve_help_lists_every_option() -> None:
+    result = run("serve", "--help")
+    assert result.returncode == 0
+    for option in (
+        "--port",
+        "--unix",
+        "--journal",
+        "--workers",
+        "--max-in-flight",
+        "--max-hold",
+        "--spill-after",
+        "--stamp-ahead-ms",
+        "--processor-timeout",
+        "--settle-after",
+    ):
+        assert option in result.stdout
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("serve", "--workers", "0"),
+        ("serve", "--max-send-rate", "-1"),
+        ("serve", "--port", "http"),
+        ("up", "--fees", "cheap"),
+        ("up", "--processor-ports", "8001"),
+        ("nonsense",),
+    ],
+)
+def test_bad_options_are_refused_without_a_traceback(args: tuple[str, ...]) -> None:
+    result = run(*args)
+    assert result.returncode == 2
+    assert "error:" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_ledger_url_is_refused() -> None:
+    result = run("serve", env={**os.environ, "RINHA_LEDGER": "redis://nowhere"})
+    assert result.returncode == 2
+    assert "RINHA_LEDGER" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("command", ["serve", "up"])
+def test_a_port_in_use_is_reported(command: str) -> None:
+    with socket.socket() as holder:
+        holder.bind(("", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        result = run(command, "--port", str(port))
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert str(port) in result.stderr or "address already in use" in result.stderr.lower()
