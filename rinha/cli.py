@@ -11,6 +11,7 @@ import sys
 import uvloop
 
 from rinha.config import add_service_options, service_config
+from rinha.stack import add_port_options
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,22 +28,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="run HAProxy, three replicas and, unless PROCESSOR_DEFAULT_URL and "
         "PROCESSOR_FALLBACK_URL are set, two processor emulators",
     )
-    up.add_argument("--port", type=int, default=9999, help="public port (default %(default)s)")
-    up.add_argument(
-        "--stats-port", type=int, default=9998, help="HAProxy stats page (default %(default)s)"
-    )
+    add_port_options(up)
     up.add_argument(
         "--fees",
         choices=("final", "preview"),
         default="final",
         help="emulators' fees: final 7%%/10%%, preview 5%%/15%% (default %(default)s)",
-    )
-    up.add_argument(
-        "--processor-ports",
-        type=_port_pair,
-        default=(8001, 8002),
-        metavar="DEFAULT,FALLBACK",
-        help="emulators' ports (default 8001,8002)",
     )
     up.add_argument(
         "--cgroups",
@@ -64,14 +55,6 @@ def _cgroups(text: str) -> dict[str, tuple[str, ...]]:
         raise argparse.ArgumentTypeError(
             "expected a JSON object of child name to a list of directories"
         ) from None
-
-
-def _port_pair(text: str) -> tuple[int, int]:
-    try:
-        default, fallback = (int(part) for part in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError("expected two ports, e.g. 8001,8002") from None
-    return default, fallback
 
 
 def main(argv: list[str] | None = None) -> int:

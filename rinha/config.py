@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Mapping
+import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from rinha.ledger import STORE_SCHEMES
@@ -41,25 +42,22 @@ class ServiceConfig:
     dispatch: DispatchSettings
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
-    return value
+def number(
+    kind: type[int | float], low: float, high: float = math.inf
+) -> Callable[[str], int | float]:
+    """An argparse type: a `kind` number in [low, high]."""
 
+    def read(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not low <= value <= high:  # also refuses nan
+            bounds = f"at least {low}" if high == math.inf else f"from {low} to {high}"
+            raise argparse.ArgumentTypeError(f"must be {bounds}: {text!r}")
+        return value
 
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text} is not a positive number")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    value = float(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"{text} is not a non-negative number")
-    return value
+    return read
 
 
 def add_service_options(parser: argparse.ArgumentParser) -> None:
@@ -99,33 +97,33 @@ def add_service_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--buffer-capacity",
-        type=_positive_int,
+        type=number(int, 1),
         default=16384,
         help="accepted payments waiting for a worker; beyond it POST answers 429 (%(default)s)",
     )
     parser.add_argument(
         "--workers",
-        type=_positive_int,
+        type=number(int, 1),
         default=520,
         help="payments being delivered at once, held ones included (default %(default)s)",
     )
     parser.add_argument(
         "--max-in-flight",
-        type=_positive_int,
+        type=number(int, 1),
         default=260,
         help="fresh calls in flight to one processor at once; the processors take 800 from "
         "all replicas together (default %(default)s)",
     )
     parser.add_argument(
         "--max-send-rate",
-        type=_positive_float,
+        type=number(float, 0.001),
         default=1000.0,
         help="fresh processor calls per second at most, so a draining backlog leaves the "
         "event loop free to answer (default %(default)s)",
     )
     parser.add_argument(
         "--spill-after",
-        type=_non_negative_float,
+        type=number(float, 0),
         default=1.0,
         help="seconds a payment may expect to wait for a free slot on a slow default before "
         "it goes to a working fallback instead (default %(default)s)",
@@ -139,35 +137,35 @@ def add_service_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--processor-timeout",
-        type=_positive_float,
+        type=number(float, 0.001),
         default=15.0,
         help="seconds before a processor call is abandoned as unknown; keep it above the "
         "processors' worst delay (default %(default)s)",
     )
     parser.add_argument(
         "--settle-after",
-        type=_positive_float,
+        type=number(float, 0.001),
         default=20.0,
         help="seconds after an unknown attempt before a lookup may release the payment to "
         "another processor (default %(default)s)",
     )
     parser.add_argument(
         "--health-interval",
-        type=_positive_float,
+        type=number(float, 0.001),
         default=5.0,
         help="seconds between health-endpoint calls per processor; the processors allow one "
         "per 5 s (default %(default)s)",
     )
     parser.add_argument(
         "--max-hold",
-        type=_non_negative_float,
+        type=number(float, 0),
         default=70.0,
         help="seconds a payment waits for a failing default processor before it may go to "
         "the fallback; 0 sends it there at once (default %(default)s)",
     )
     parser.add_argument(
         "--probe-gap",
-        type=_positive_float,
+        type=number(float, 0.001),
         default=1.0,
         help="seconds between probes of a failing processor with a real payment (%(default)s)",
     )

@@ -8,6 +8,7 @@ start in dependency order, each waited for until it answers, and stop in reverse
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 import signal
@@ -28,6 +29,29 @@ START_TIMEOUT = 20.0
 
 class StackError(Exception):
     """The stack cannot start; the message says why and what to do."""
+
+
+def add_port_options(parser: argparse.ArgumentParser) -> None:
+    """The stack's ports, for `up` and for the bench that starts it."""
+    parser.add_argument("--port", type=int, default=9999, help="public port (default %(default)s)")
+    parser.add_argument(
+        "--stats-port", type=int, default=9998, help="HAProxy stats page (default %(default)s)"
+    )
+    parser.add_argument(
+        "--processor-ports",
+        type=_port_pair,
+        default=(8001, 8002),
+        metavar="DEFAULT,FALLBACK",
+        help="emulators' ports (default 8001,8002)",
+    )
+
+
+def _port_pair(text: str) -> tuple[int, int]:
+    try:
+        default, fallback = (int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected two ports, e.g. 8001,8002") from None
+    return default, fallback
 
 
 def answers_http(address: int | str) -> bool:

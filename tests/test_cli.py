@@ -10,6 +10,8 @@ import sys
 
 import pytest
 
+from tests.processes import free_port
+
 
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     command = [sys.executable, "-m", "rinha", *args]
@@ -66,7 +68,10 @@ def test_a_port_in_use_is_reported(command: str) -> None:
         holder.bind(("", 0))
         holder.listen()
         port = holder.getsockname()[1]
-        result = run(command, "--port", str(port))
+        others = [] if command == "serve" else ["--stats-port", str(free_port())]
+        if command == "up":
+            others += ["--processor-ports", f"{free_port()},{free_port()}"]
+        result = run(command, "--port", str(port), *others)
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert str(port) in result.stderr or "address already in use" in result.stderr.lower()

@@ -37,6 +37,7 @@ from rinha.bench.limits import (
     contest_groups,
     describe_limits,
 )
+from rinha.stack import add_port_options
 
 SCENARIO_JS = Path(__file__).resolve().parents[2] / "bench" / "scenario.js"
 START_TIMEOUT = 40.0
@@ -447,14 +448,6 @@ def run(options: BenchOptions) -> int:
     return 0 if status == 0 else 1
 
 
-def _port_pair(text: str) -> tuple[int, int]:
-    try:
-        default, fallback = (int(part) for part in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError("expected two ports, e.g. 8001,8002") from None
-    return default, fallback
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m rinha.bench k6",
@@ -475,15 +468,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--reuse", action="store_true", help="use the stack already running on --port"
     )
-    parser.add_argument("--port", type=int, default=9999, help="public port (default %(default)s)")
-    parser.add_argument("--stats-port", type=int, default=9998, help="default %(default)s")
-    parser.add_argument(
-        "--processor-ports",
-        type=_port_pair,
-        default=(8001, 8002),
-        metavar="DEFAULT,FALLBACK",
-        help="emulators' ports (default 8001,8002)",
-    )
+    add_port_options(parser)
     parser.add_argument(
         "--results", type=Path, default=Path("results"), help="parent of the run's directory"
     )

@@ -5,15 +5,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import math
 import os
 import signal
 import sys
-from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
 
 import uvloop
 
+from rinha.config import number
 from rinha.http import HttpServer
 from rinha.processor.app import Processor
 from rinha.processor.config import ProcessorOptions
@@ -29,24 +28,6 @@ def _fee(text: str) -> Decimal:
     return fee
 
 
-def _number(
-    kind: type[int | float], low: float, high: float = math.inf
-) -> Callable[[str], int | float]:
-    """An argparse type: a `kind` number in [low, high]."""
-
-    def read(text: str) -> int | float:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-        if not low <= value <= high:  # also refuses nan
-            bounds = f"at least {low}" if high == math.inf else f"from {low} to {high}"
-            raise argparse.ArgumentTypeError(f"must be {bounds}: {text!r}")
-        return value
-
-    return read
-
-
 def parse_options(argv: list[str]) -> ProcessorOptions:
     parser = argparse.ArgumentParser(
         prog="python -m rinha.processor",
@@ -58,7 +39,7 @@ def parse_options(argv: list[str]) -> ProcessorOptions:
         required=True,
         help="fee per payment as a fraction of its amount, e.g. 0.07",
     )
-    parser.add_argument("--port", type=_number(int, 1, 65535), help="listen on this TCP port")
+    parser.add_argument("--port", type=number(int, 1, 65535), help="listen on this TCP port")
     parser.add_argument(
         "--host", default="127.0.0.1", help="address of the TCP listener (default: %(default)s)"
     )
@@ -70,21 +51,21 @@ def parse_options(argv: list[str]) -> ProcessorOptions:
     )
     parser.add_argument(
         "--rate-limit-seconds",
-        type=_number(float, 0.001),
+        type=number(float, 0.001),
         default=5.0,
         metavar="SECONDS",
         help="length of the service-health window (default: %(default)s)",
     )
     parser.add_argument(
         "--max-in-flight",
-        type=_number(int, 1),
+        type=number(int, 1),
         default=800,
         metavar="N",
         help="payments in their delay/store phase at once (default: %(default)s)",
     )
     parser.add_argument(
         "--max-queued",
-        type=_number(int, 0),
+        type=number(int, 0),
         default=500,
         metavar="N",
         help="payments waiting for a slot before 429 (default: %(default)s)",
