@@ -52,10 +52,13 @@ def _usable(view: ProcessorView) -> bool:
 
 
 def choose_route(state: RoutingState) -> Route:
-    if _usable(state.default):
-        if state.default_saturated and not state.fallback.failing:
+    default, fallback = state.default, state.fallback
+    if not default.failing:
+        if state.default_saturated and not fallback.failing:
             return Route.FALLBACK
         return Route.DEFAULT
-    if state.held_enough and _usable(state.fallback):
+    if default.probe_allowed:
+        return Route.DEFAULT
+    if state.held_enough and _usable(fallback):
         return Route.FALLBACK
     return Route.HOLD

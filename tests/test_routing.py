@@ -26,6 +26,9 @@ CASES = [
     (DOWN, OK, HELD, FREE, Route.FALLBACK),
     (DOWN_PROBE, OK, FRESH, FREE, Route.DEFAULT),
     (DOWN_PROBE, OK, HELD, FREE, Route.DEFAULT),
+    # A failing default's queue does not spill: its payments are held, not saturating it.
+    (DOWN_PROBE, OK, FRESH, SATURATED, Route.DEFAULT),
+    (DOWN, OK, FRESH, SATURATED, Route.HOLD),
     (DOWN, DOWN_PROBE, FRESH, FREE, Route.HOLD),
     (DOWN, DOWN_PROBE, HELD, FREE, Route.FALLBACK),
     (DOWN, DOWN, HELD, FREE, Route.HOLD),
