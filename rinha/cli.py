@@ -44,6 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
         '["/sys/fs/cgroup/cpu/x", "/sys/fs/cgroup/memory/x"]} (python -m rinha.bench '
         "k6 --limits contest)",
     )
+    up.add_argument(
+        "serve_options",
+        nargs=argparse.REMAINDER,
+        metavar="-- SERVE_OPTIONS",
+        help="options after -- are given to every replica (see python -m rinha serve --help)",
+    )
     return parser
 
 
@@ -81,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     urls = None
     if default_url and fallback_url:
         urls = {"default": default_url, "fallback": fallback_url}
+    serve_options = [option for option in args.serve_options if option != "--"]
+    build_parser().parse_args(["serve", *serve_options])  # a bad one stops here, once
     options = StackOptions(
         args.port,
         args.stats_port,
@@ -89,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         urls,
         default_run_dir(),
         args.cgroups,
+        tuple(serve_options),
     )
     try:
         return run_stack(options)

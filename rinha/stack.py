@@ -123,6 +123,7 @@ class StackOptions:
     processor_urls: dict[str, str] | None  # given: no emulators are started
     run_dir: Path
     cgroups: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # child name -> dirs
+    serve_options: tuple[str, ...] = ()  # added to every replica's `serve` command
 
 
 def plan(options: StackOptions) -> list[Child]:
@@ -150,6 +151,7 @@ def plan(options: StackOptions) -> list[Child]:
                 command += ["--peer", peer]
         if index:
             command.append("--no-health-poll")
+        command += options.serve_options
         name = f"replica-{index + 1}"
         children.append(Child(name, command, unix, env, options.cgroups.get(name, ())))
     haproxy = shutil.which("haproxy")

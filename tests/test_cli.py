@@ -75,3 +75,10 @@ def test_a_port_in_use_is_reported(command: str) -> None:
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert str(port) in result.stderr or "address already in use" in result.stderr.lower()
+
+
+def test_up_checks_the_replicas_options_before_starting_anything() -> None:
+    result = run("up", "--port", str(free_port()), "--", "--workers", "0")
+    assert result.returncode == 2
+    assert "--workers" in result.stderr and "Traceback" not in result.stderr
+    assert "rinha is up" not in result.stdout
