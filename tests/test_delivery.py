@@ -4,8 +4,10 @@ may have stored them, record only what a processor confirmed, never lose a payme
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from tests.processes import free_port
@@ -34,6 +36,24 @@ def test_slow_default_is_still_preferred(service: Service, fresh_processors: Any
         assert service.pay().status == 202
     service.wait_settled()
     assert counts(fresh_processors) == (5, 0)
+    assert_audit_exact(service, fresh_processors)
+
+
+def test_requested_at_is_stamped_past_the_announced_delay(
+    service_factory: Callable[..., Service], fresh_processors: Any
+) -> None:
+    # The processor stores a payment only after its delay; stamped at the send time, it would
+    # enter the audit's window before both sides had it (rinha/dispatcher.py).
+    fresh_processors.default.set_delay(500)
+    service = service_factory("--stamp-ahead-ms", "0")
+    time.sleep(1)  # a few health reports: the delay is known
+    correlation_id = str(uuid.uuid4())
+    posted_at = datetime.now(timezone.utc)
+    assert service.pay(correlation_id).status == 202
+    service.wait_settled()
+    stored = fresh_processors.default.admin("GET", f"/payments/{correlation_id}").json()
+    requested_at = datetime.fromisoformat(stored["requestedAt"]).replace(tzinfo=timezone.utc)
+    assert requested_at - posted_at >= timedelta(milliseconds=500)
     assert_audit_exact(service, fresh_processors)
 
 
