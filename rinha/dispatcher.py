@@ -255,11 +255,13 @@ class Dispatcher:
 
     async def _hold(self, payment: Payment) -> None:
         """Wait for news about either processor, until a probe of a failing one is due or the
-        payment has waited long enough for the default."""
+        payment has waited long enough for the default. While a probe is in flight the next
+        one is not due: its worker probes again if it is refused, and the hundreds of held
+        workers sleep instead of polling for it."""
         now = self._loop.time()
         wake_at = payment.accepted_at + self._settings.max_hold
         for health in self.health.values():
-            if health.failing:
+            if health.failing and not health.probing:
                 wake_at = min(wake_at, health.next_probe_at())
         timeout = min(max(wake_at - now, _FIRST_BACKOFF), _MAX_HOLD)
         await asyncio.wait([self._change], timeout=timeout)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from tests.processes import free_port
@@ -48,11 +48,11 @@ def test_requested_at_is_stamped_past_the_announced_delay(
     service = service_factory("--stamp-ahead-ms", "0")
     time.sleep(1)  # a few health reports: the delay is known
     correlation_id = str(uuid.uuid4())
-    posted_at = datetime.now(timezone.utc)
+    posted_at = datetime.now(UTC)
     assert service.pay(correlation_id).status == 202
     service.wait_settled()
     stored = fresh_processors.default.admin("GET", f"/payments/{correlation_id}").json()
-    requested_at = datetime.fromisoformat(stored["requestedAt"]).replace(tzinfo=timezone.utc)
+    requested_at = datetime.fromisoformat(stored["requestedAt"]).replace(tzinfo=UTC)
     assert requested_at - posted_at >= timedelta(milliseconds=500)
     assert_audit_exact(service, fresh_processors)
 
