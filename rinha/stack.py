@@ -195,21 +195,28 @@ def describe(options: StackOptions, children: list[Child]) -> str:
     return "\n".join(lines)
 
 
-def check_ports_free(ports: list[int]) -> None:
-    """Refuse to start on a port something else holds: its answers would pass for ours."""
+def ports_in_use(ports: list[int]) -> list[int]:
+    """The ports something listens on: its answers would pass for ours. SO_REUSEADDR, as
+    HAProxy and the replicas bind, so the closed connections of a run that just stopped
+    (TIME_WAIT) do not count."""
+    busy = []
     for port in ports:
         with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 sock.bind(("", port))
             except OSError:
-                raise StackError(f"port {port} is already in use") from None
+                busy.append(port)
+    return busy
 
 
 def run_stack(options: StackOptions) -> int:
     children = plan(options)
-    check_ports_free(
+    busy = ports_in_use(
         [c.address for c in children if isinstance(c.address, int)] + [options.stats_port]
     )
+    if busy:
+        raise StackError(f"port {busy[0]} is already in use")
     stop_requested = False
 
     def request_stop(signum: int, frame: object) -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from tests.service_fixtures import Service, Stack
@@ -153,7 +153,10 @@ def exchange(address: tuple[str, int], data: bytes) -> bytes:
 
 def assert_refused(received: bytes) -> None:
     statuses = [int(s) for s in re.findall(rb"HTTP/1\.[01] (\d{3}) ", received)]
-    assert all(400 <= status < 500 for status in statuses), (statuses, received[:300])
+    # A 1xx is interim, not an answer: HAProxy says "100 Continue" to an Expect header before
+    # it reads the body; a body that never comes then ends in a close.
+    final = [status for status in statuses if status >= 200]
+    assert all(400 <= status < 500 for status in final), (statuses, received[:300])
 
 
 def rss_kb(pid: int) -> int:
@@ -177,6 +180,10 @@ def test_garbage_gets_4xx_or_a_close(
 
     @FUZZ
     @given(st.one_of(requests_with_bad_framing, bad_payments.map(payment_request)))
+    # Found in a 100k-case run: HAProxy's interim "100 Continue", then a close.
+    @example(
+        frame(b"POST", b"/payments", [b"Transfer-Encoding: chunked", b"Expect: 100-continue"], b"")
+    )
     def case(data: bytes) -> None:
         nonlocal count
         count += 1

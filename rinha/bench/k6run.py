@@ -18,7 +18,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -37,7 +36,7 @@ from rinha.bench.limits import (
     contest_groups,
     describe_limits,
 )
-from rinha.stack import add_port_options
+from rinha.stack import add_port_options, ports_in_use
 
 SCENARIO_JS = Path(__file__).resolve().parents[2] / "bench" / "scenario.js"
 START_TIMEOUT = 40.0
@@ -234,13 +233,17 @@ def _rss_kb(pid: int) -> int:
 # -- the stack -----------------------------------------------------------------------------------
 
 
-def _port_in_use(port: int) -> bool:
-    with socket.socket() as sock:
+def _new_results_dir(root: Path) -> Path:
+    """results/<timestamp>, with a suffix when a run started in the same second."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path, count = root / stamp, 1
+    while True:
         try:
-            sock.bind(("0.0.0.0", port))
-        except OSError:
-            return True
-    return False
+            path.mkdir(parents=True)
+            return path
+        except FileExistsError:
+            count += 1
+            path = root / f"{stamp}-{count}"
 
 
 class Stack:
@@ -250,7 +253,7 @@ class Stack:
 
     def __init__(self, options: BenchOptions, groups: ContestGroups | None, log: Path) -> None:
         ports = [options.port, options.stats_port, *options.processor_ports]
-        busy = [port for port in ports if _port_in_use(port)]
+        busy = ports_in_use(ports)
         if busy:
             raise BenchError(
                 f"port(s) {', '.join(map(str, busy))} already in use: stop what holds them, "
@@ -404,8 +407,7 @@ def run(options: BenchOptions) -> int:
         from rinha.bench.plot import plot_run
     except ImportError as error:
         raise BenchError(f"{error}: pip install -e '.[bench]'") from None
-    results = options.results_root / time.strftime("%Y%m%d-%H%M%S")
-    results.mkdir(parents=True)
+    results = _new_results_dir(options.results_root)
     print(f"rinha bench: {options.scenario} -> {results}", flush=True)
     usage: list[GroupUsage] = []
     with ExitStack() as cleanup:
