@@ -10,6 +10,10 @@ Rules (SPEC.md §3, §4), each one enforced here:
   go elsewhere only when the lookup says "not stored" and `settle_after` seconds have passed
   since the last unknown attempt, longer than a processor can hold a request.
 - A payment is never dropped: it is pending, and counted as such, until recorded.
+- From the moment an attempt may leave until an answer says otherwise, the payment counts as
+  unsettled on that processor. Should anything unforeseen fail on the way (the journal's
+  disk, say), its worker logs it and, after a pause, takes the same payment up again from
+  that state: settled where it may be stored, never sent anywhere else meanwhile.
 
 Pacing: each processor gets at most `max_in_flight` fresh attempts at once from this replica
 (three replicas stay under the processors' 800), and fresh attempts leave at most
@@ -27,6 +31,7 @@ the wait, so the stamp is pushed past the delay, and a little more for the call 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import deque
 
 from rinha.buffer import RingBuffer
@@ -45,6 +50,10 @@ _MAX_BACKOFF = 2.0
 _MAX_HOLD = 1.0
 # Our own share of a processor call's duration, beyond the processor's announced delay.
 _CALL_OVERHEAD_MS = 5
+# A worker whose delivery failed unexpectedly waits this long before trying that payment again.
+_AFTER_ERROR = 1.0
+
+log = logging.getLogger("rinha")
 
 
 class Dispatcher:
@@ -129,7 +138,13 @@ class Dispatcher:
                 self._idle.append(waiter)
                 await waiter
                 continue
-            await self._deliver(payment)
+            while True:
+                try:
+                    await self._deliver(payment)
+                    break
+                except Exception:
+                    log.exception("delivering %s failed; trying again", payment.correlation_id)
+                    await asyncio.sleep(_AFTER_ERROR)
             self.pending_count -= 1
             self.pending_cents -= payment.cents
 
@@ -171,6 +186,8 @@ class Dispatcher:
                 requested_at = now_ms() + health.min_response_ms + self._settings.stamp_ahead_ms
                 payment.requested_at_ms = requested_at
                 self._journal.sent(payment, name, requested_at)
+                payment.unsettled_on = name
+                payment.unsettled_since = self._loop.time()
                 outcome = await self._clients[name].send(payment.body(format_ms(requested_at)))
         finally:
             if probe:
@@ -183,9 +200,9 @@ class Dispatcher:
             return await self._record_stored(payment, name)
         if outcome is Outcome.REFUSED:
             self._journal.not_stored(payment)
+            payment.unsettled_on = None
             self._observe(name, failing=True)
             return False
-        payment.unsettled_on = name
         payment.unsettled_since = self._loop.time()
         return False
 
@@ -234,6 +251,7 @@ class Dispatcher:
                 return True
             if stored is None:
                 self._journal.not_stored(payment)
+                payment.unsettled_on = None
                 return False
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, _MAX_BACKOFF)

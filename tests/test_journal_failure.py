@@ -1,0 +1,104 @@
+"""The journal's disk failing under the dispatcher (rinha/dispatcher.py): the payment's worker
+survives, the payment stays pending, and once the disk is back it is recorded exactly once on
+the processor that stored it.
+
+The dispatcher runs in this process so that the fault can be a real one: the journal's file
+descriptor is pointed at a read-only file with dup2, and every write on it then fails with
+EBADF, as a vanished disk would; pointing it back ends the fault. The processors are the real
+emulators.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+from typing import Any
+
+from rinha.config import DispatchSettings
+from rinha.dispatcher import Dispatcher
+from rinha.journal import Journal
+from rinha.ledger.embedded import EmbeddedLedger
+from rinha.payments import Payment
+from rinha.processor_client import ProcessorClient
+
+SETTINGS = DispatchSettings(
+    buffer_capacity=10,
+    workers=1,  # a worker lost to the fault would leave the payment pending for ever
+    max_in_flight=10,
+    max_send_rate=1000.0,
+    settle_after=1.0,
+    probe_gap=0.1,
+    max_hold=0.0,  # a payment the default seems to refuse would go to the fallback at once
+    spill_after=1.0,
+    stamp_ahead_ms=0,
+)
+
+
+def descriptor_of(path: Path) -> int:
+    """This process's open descriptor on `path`, found as the kernel lists it."""
+    for entry in Path("/proc/self/fd").iterdir():
+        try:
+            if os.readlink(entry) == str(path):
+                return int(entry.name)
+        except OSError:
+            continue
+    raise LookupError(path)
+
+
+async def deliver_through_a_failing_journal(processors: Any, path: Path) -> dict[str, Any]:
+    journal = Journal(str(path), fsync=False)
+    journal.recover()
+    ledger = EmbeddedLedger()
+    clients = {
+        name: ProcessorClient(name, getattr(processors, name).url, connections=10, timeout=5)
+        for name in ("default", "fallback")
+    }
+    dispatcher = Dispatcher(ledger, clients, journal, SETTINGS, capacity=SETTINGS.buffer_capacity)
+    dispatcher.start()
+    journal_fd = descriptor_of(path)
+    saved_fd = os.dup(journal_fd)
+    read_only = os.open(path, os.O_RDONLY)
+    try:
+        payment = Payment("4a7e3c1e-0d4b-4a8e-9f59-1f8f3c2b6a10", 1990)
+        journal.accepted(payment)
+        assert dispatcher.submit(payment)
+        # The attempt is under way (the processor holds it 300 ms) when the disk goes: the
+        # processor stores the payment, and the confirmation cannot be journaled.
+        await asyncio.sleep(0.1)
+        os.dup2(read_only, journal_fd)
+        await asyncio.sleep(0.5)
+        # Meanwhile the default fails: sent again, the payment would land on the fallback.
+        processors.default.set_failure(True)
+        await asyncio.sleep(1.5)
+        pending_during_fault = dispatcher.pending_count
+        os.dup2(saved_fd, journal_fd)
+        await dispatcher.drain(10)
+        return {
+            "pending during the fault": pending_during_fault,
+            "pending after": dispatcher.pending_count,
+            "ledger": await ledger.summary(None, None),
+        }
+    finally:
+        await dispatcher.stop()
+        for client in clients.values():
+            await client.close()
+        journal.close()
+        os.close(saved_fd)
+        os.close(read_only)
+
+
+def test_a_failing_journal_delays_a_payment_and_never_charges_it_twice(
+    fresh_processors: Any, tmp_path: Path
+) -> None:
+    fresh_processors.default.set_delay(300)
+    path = tmp_path / "journal"
+    outcome = asyncio.run(deliver_through_a_failing_journal(fresh_processors, path))
+    assert outcome["pending during the fault"] == 1
+    assert outcome["pending after"] == 0
+    assert fresh_processors.default.summary()["totalRequests"] == 1
+    assert fresh_processors.fallback.summary()["totalRequests"] == 0
+    ledger = outcome["ledger"]
+    assert (ledger["default"].count, ledger["fallback"].count) == (1, 0)
+    # The confirmation reached the journal once the disk was back: a restart keeps it.
+    assert "C 4a7e3c1e-0d4b-4a8e-9f59-1f8f3c2b6a10 default" in path.read_text()
