@@ -64,6 +64,8 @@ async def run_service(config: ServiceConfig) -> None:
         )
     app = App(dispatcher, ledger, journal, peers, recovered.known_ids)
 
+    started_at = loop.time()
+
     async def publish(reports: dict[str, HealthReport]) -> None:
         for name, report in reports.items():
             dispatcher.apply_health(name, report)
@@ -71,7 +73,10 @@ async def run_service(config: ServiceConfig) -> None:
             try:
                 await peers.push_health(reports)
             except PeerUnavailable as error:
-                log.warning("health report not delivered to every peer: %s", error)
+                # The peers start alongside this replica; one still starting gets the next
+                # report, one interval later.
+                if loop.time() - started_at > config.health_interval:
+                    log.warning("health report not delivered to every peer: %s", error)
 
     dispatcher.start()
     poller = None
