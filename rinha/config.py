@@ -132,8 +132,9 @@ def add_service_options(parser: argparse.ArgumentParser) -> None:
         "--stamp-ahead-ms",
         type=int,
         default=250,
-        help="requestedAt is the send time plus this, so a payment the processor stores near "
-        "an audit window's end is outside it on both sides (default %(default)s)",
+        help="requestedAt is the send time plus the processor's announced delay plus this, so "
+        "a payment the processor stores late is outside every audit window until both sides "
+        "have it (default %(default)s)",
     )
     parser.add_argument(
         "--processor-timeout",
