@@ -1,4 +1,5 @@
-"""A bounded FIFO ring buffer: O(1) push and pop, never grows, refuses when full."""
+"""A bounded FIFO ring buffer: O(1) push, pop and push back to the front; never grows, refuses
+when full."""
 
 from __future__ import annotations
 
@@ -32,6 +33,19 @@ class RingBuffer(Generic[T]):
         self._slots[(self._head + self._size) % self._capacity] = item
         self._size += 1
         return True
+
+    def push_front(self, item: T) -> bool:
+        """Put `item` first in line; False, and nothing stored, when the buffer is full."""
+        if self._size == self._capacity:
+            return False
+        self._head = (self._head - 1) % self._capacity
+        self._slots[self._head] = item
+        self._size += 1
+        return True
+
+    def peek(self) -> T | None:
+        """The oldest item, left in place, or None when empty."""
+        return self._slots[self._head] if self._size else None
 
     def pop(self) -> T | None:
         """The oldest item, or None when empty."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -11,7 +10,7 @@ import sys
 import uvloop
 
 from rinha.config import add_service_options, service_config
-from rinha.stack import add_port_options
+from rinha.stack import add_cgroups_option, add_port_options
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,15 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="final",
         help="emulators' fees: final 7%%/10%%, preview 5%%/15%% (default %(default)s)",
     )
-    up.add_argument(
-        "--cgroups",
-        type=_cgroups,
-        default={},
-        metavar="JSON",
-        help='start children inside existing cgroup v1 directories, e.g. {"haproxy": '
-        '["/sys/fs/cgroup/cpu/x", "/sys/fs/cgroup/memory/x"]} (python -m rinha.bench '
-        "k6 --limits contest)",
-    )
+    add_cgroups_option(up)
     up.add_argument(
         "serve_options",
         nargs=argparse.REMAINDER,
@@ -51,16 +42,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="options after -- are given to every replica (see python -m rinha serve --help)",
     )
     return parser
-
-
-def _cgroups(text: str) -> dict[str, tuple[str, ...]]:
-    try:
-        given = json.loads(text)
-        return {str(name): tuple(str(path) for path in paths) for name, paths in given.items()}
-    except (ValueError, AttributeError, TypeError):
-        raise argparse.ArgumentTypeError(
-            "expected a JSON object of child name to a list of directories"
-        ) from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"rinha: cannot listen: {error}", file=sys.stderr)
             return 1
         return 0
-    from rinha.stack import StackError, StackOptions, default_run_dir, run_stack
+    from rinha.stack import StackError, StackOptions, default_run_dir, plan, run_stack
 
     default_url = os.environ.get("PROCESSOR_DEFAULT_URL")
     fallback_url = os.environ.get("PROCESSOR_FALLBACK_URL")
@@ -100,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         tuple(serve_options),
     )
     try:
-        return run_stack(options)
+        return run_stack(options, plan(options))
     except StackError as error:
         print(f"rinha: {error}", file=sys.stderr)
         return 1

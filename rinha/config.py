@@ -15,7 +15,6 @@ class DispatchSettings:
     """How accepted payments travel to the processors (rinha/dispatcher.py)."""
 
     buffer_capacity: int
-    workers: int
     max_in_flight: int
     max_send_rate: float
     settle_after: float
@@ -99,27 +98,22 @@ def add_service_options(parser: argparse.ArgumentParser) -> None:
         "--buffer-capacity",
         type=number(int, 1),
         default=16384,
-        help="accepted payments waiting for a worker; beyond it POST answers 429 (%(default)s)",
-    )
-    parser.add_argument(
-        "--workers",
-        type=number(int, 1),
-        default=520,
-        help="payments being delivered at once, held ones included (default %(default)s)",
+        help="payments accepted and not yet confirmed by a processor; beyond it POST answers "
+        "429 (default %(default)s)",
     )
     parser.add_argument(
         "--max-in-flight",
         type=number(int, 1),
         default=260,
-        help="fresh calls in flight to one processor at once; the processors take 800 from "
-        "all replicas together (default %(default)s)",
+        help="payments on one processor at once, fresh or being settled; the processors take "
+        "800 from all replicas together (default %(default)s)",
     )
     parser.add_argument(
         "--max-send-rate",
         type=number(float, 0.001),
         default=1000.0,
-        help="fresh processor calls per second at most, so a draining backlog leaves the "
-        "event loop free to answer (default %(default)s)",
+        help="deliveries started per second at most, so a draining backlog leaves the event "
+        "loop free to answer (default %(default)s)",
     )
     parser.add_argument(
         "--spill-after",
@@ -199,7 +193,6 @@ def service_config(args: argparse.Namespace, environ: Mapping[str, str]) -> Serv
         health_interval=args.health_interval,
         dispatch=DispatchSettings(
             buffer_capacity=args.buffer_capacity,
-            workers=args.workers,
             max_in_flight=args.max_in_flight,
             max_send_rate=args.max_send_rate,
             settle_after=args.settle_after,

@@ -32,7 +32,7 @@ async def run_service(config: ServiceConfig) -> None:
         name: ProcessorClient(
             name,
             url,
-            connections=config.dispatch.workers,
+            connections=config.dispatch.max_in_flight,
             timeout=config.processor_timeout,
         )
         for name, url in config.processor_urls.items()

@@ -9,6 +9,7 @@ start in dependency order, each waited for until it answers, and stop in reverse
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import signal
@@ -44,6 +45,28 @@ def add_port_options(parser: argparse.ArgumentParser) -> None:
         metavar="DEFAULT,FALLBACK",
         help="emulators' ports (default 8001,8002)",
     )
+
+
+def add_cgroups_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--cgroups",
+        type=_cgroups,
+        default={},
+        metavar="JSON",
+        help='start children inside existing cgroup v1 directories, e.g. {"haproxy": '
+        '["/sys/fs/cgroup/cpu/x", "/sys/fs/cgroup/memory/x"]} (python -m rinha.bench '
+        "k6 --limits contest)",
+    )
+
+
+def _cgroups(text: str) -> dict[str, tuple[str, ...]]:
+    try:
+        given = json.loads(text)
+        return {str(name): tuple(str(path) for path in paths) for name, paths in given.items()}
+    except (ValueError, AttributeError, TypeError):
+        raise argparse.ArgumentTypeError(
+            "expected a JSON object of child name to a list of directories"
+        ) from None
 
 
 def _port_pair(text: str) -> tuple[int, int]:
@@ -210,8 +233,7 @@ def ports_in_use(ports: list[int]) -> list[int]:
     return busy
 
 
-def run_stack(options: StackOptions) -> int:
-    children = plan(options)
+def run_stack(options: StackOptions, children: list[Child]) -> int:
     busy = ports_in_use(
         [c.address for c in children if isinstance(c.address, int)] + [options.stats_port]
     )

@@ -27,7 +27,6 @@ def test_serve_help_lists_every_option() -> None:
         "--port",
         "--unix",
         "--journal",
-        "--workers",
         "--max-in-flight",
         "--max-hold",
         "--spill-after",
@@ -41,7 +40,7 @@ def test_serve_help_lists_every_option() -> None:
 @pytest.mark.parametrize(
     "args",
     [
-        ("serve", "--workers", "0"),
+        ("serve", "--max-in-flight", "0"),
         ("serve", "--max-send-rate", "-1"),
         ("serve", "--port", "http"),
         ("up", "--fees", "cheap"),
@@ -78,7 +77,7 @@ def test_a_port_in_use_is_reported(command: str) -> None:
 
 
 def test_up_checks_the_replicas_options_before_starting_anything() -> None:
-    result = run("up", "--port", str(free_port()), "--", "--workers", "0")
+    result = run("up", "--port", str(free_port()), "--", "--max-in-flight", "0")
     assert result.returncode == 2
-    assert "--workers" in result.stderr and "Traceback" not in result.stderr
+    assert "--max-in-flight" in result.stderr and "Traceback" not in result.stderr
     assert "rinha is up" not in result.stdout

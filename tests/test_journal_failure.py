@@ -1,4 +1,4 @@
-"""The journal's disk failing under the dispatcher (rinha/dispatcher.py): the payment's worker
+"""The journal's disk failing under the dispatcher (rinha/dispatcher.py): the payment's delivery
 survives, the payment stays pending, and once the disk is back it is recorded exactly once on
 the processor that stored it.
 
@@ -24,7 +24,6 @@ from rinha.processor_client import ProcessorClient
 
 SETTINGS = DispatchSettings(
     buffer_capacity=10,
-    workers=1,  # a worker lost to the fault would leave the payment pending for ever
     max_in_flight=10,
     max_send_rate=1000.0,
     settle_after=1.0,

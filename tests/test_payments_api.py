@@ -81,7 +81,7 @@ def test_full_buffer_answers_429_and_loses_nothing_accepted(
 ) -> None:
     fresh_processors.default.set_failure(True)
     fresh_processors.fallback.set_failure(True)
-    service = service_factory("--workers", "1", "--buffer-capacity", "2", "--max-hold", "0")
+    service = service_factory("--buffer-capacity", "2", "--max-hold", "0")
     statuses = [service.pay().status for _ in range(6)]
     assert statuses.count(429) >= 3
     accepted = statuses.count(202)

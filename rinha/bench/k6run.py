@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import threading
@@ -49,17 +50,22 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 @dataclass(frozen=True, slots=True)
 class Scenario:
-    """What SPEC.md §4 fixes per scenario and the cap needs: amount, default fee, ramp length."""
+    """What SPEC.md §4 fixes per scenario and the cap needs: amount, default fee, ramp length;
+    and a steady stretch of the schedule (seconds into the ramp) for CPU per payment."""
 
     amount_cents: int
     default_fee_units: int  # 1/10000
     seconds: int
+    steady: tuple[int, int]
 
 
 SCENARIOS = {
-    "final": Scenario(amount_cents=2005, default_fee_units=700, seconds=300),
-    "preview": Scenario(amount_cents=1990, default_fee_units=500, seconds=60),
+    # 185-265 s: both processors working, the default at 50-103 ms, 370-530 payments/s.
+    "final": Scenario(amount_cents=2005, default_fee_units=700, seconds=300, steady=(185, 265)),
+    # 40-50 s: both processors at 20 ms, about 400 payments/s.
+    "preview": Scenario(amount_cents=1990, default_fee_units=500, seconds=60, steady=(40, 50)),
 }
+BACKENDS = {"rinha": "rinha", "floor": "rinha.bench.floor"}  # name -> module run with `up`
 BEST_BONUS = Decimal("1.2")  # p99 <= 1 ms
 
 
@@ -78,6 +84,8 @@ class BenchOptions:
     max_requests: int | None
     limits: str
     reuse: bool
+    floor: bool
+    repeat: int
     port: int
     stats_port: int
     processor_ports: tuple[int, int]
@@ -168,9 +176,10 @@ def fetch_json(port: int, path: str, timeout: float = 2.0) -> Any:
 class Sampler(threading.Thread):
     """Once per second: our summary's counts, and each process's RSS and CPU, as a CSV row."""
 
-    def __init__(self, port: int, processes: dict[str, int], out: TextIO) -> None:
+    def __init__(self, port: int, stats_port: int, processes: dict[str, int], out: TextIO) -> None:
         super().__init__(name="sampler", daemon=True)
         self.port = port
+        self.stats_port = stats_port
         self.processes = processes
         self.peak_rss_kb = dict.fromkeys(processes, 0)
         self.peak_cpu_pct = dict.fromkeys(processes, 0.0)
@@ -178,9 +187,10 @@ class Sampler(threading.Thread):
         self._writer = csv.writer(out)
         self._out = out
         self._last: dict[str, tuple[float, int]] = {}
-        columns = ["time", "default_requests", "fallback_requests", "pending_requests"]
+        columns = ["time", "http_requests", "default_requests", "fallback_requests"]
+        columns.append("pending_requests")
         for name in processes:
-            columns += [f"{name}_rss_kb", f"{name}_cpu_pct"]
+            columns += [f"{name}_rss_kb", f"{name}_cpu_pct", f"{name}_cpu_s"]
         self._writer.writerow(columns)
 
     def stop(self) -> None:
@@ -190,9 +200,8 @@ class Sampler(threading.Thread):
     def run(self) -> None:
         self._sample_processes()  # CPU needs a previous reading
         while not self._stop_event.wait(SAMPLE_EVERY - time.time() % SAMPLE_EVERY):
-            self._writer.writerow(
-                [f"{time.time():.3f}", *self._summary(), *self._sample_processes()]
-            )
+            row = [f"{time.time():.3f}", self._http_requests(), *self._summary()]
+            self._writer.writerow(row + self._sample_processes())
             self._out.flush()
 
     def _summary(self) -> list[str]:
@@ -204,6 +213,23 @@ class Sampler(threading.Thread):
         except (OSError, ValueError, KeyError):
             return ["", "", ""]
 
+    def _http_requests(self) -> str:
+        """Requests HAProxy's public frontend has taken so far, from its stats CSV."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.stats_port, timeout=0.9)
+        try:
+            conn.request("GET", "/;csv")
+            lines = conn.getresponse().read().decode().splitlines()
+            header = lines[0].lstrip("# ").split(",")
+            for line in lines[1:]:
+                row = dict(zip(header, line.split(",")))
+                if row.get("pxname") == "api" and row.get("svname") == "FRONTEND":
+                    return row["req_tot"]
+        except (OSError, IndexError, KeyError):
+            pass
+        finally:
+            conn.close()
+        return ""
+
     def _sample_processes(self) -> list[str]:
         row = []
         for name, pid in self.processes.items():
@@ -211,7 +237,7 @@ class Sampler(threading.Thread):
                 rss_kb = _rss_kb(pid)
                 fields = _proc_stat(pid)
             except (OSError, ValueError):
-                row += ["", ""]
+                row += ["", "", ""]
                 continue
             now, ticks = time.monotonic(), int(fields[11]) + int(fields[12])  # utime + stime
             last_time, last_ticks = self._last.get(name, (now, ticks))
@@ -219,7 +245,7 @@ class Sampler(threading.Thread):
             cpu_pct = 100 * (ticks - last_ticks) / CLOCK_TICKS / (now - last_time or 1)
             self.peak_rss_kb[name] = max(self.peak_rss_kb[name], rss_kb)
             self.peak_cpu_pct[name] = max(self.peak_cpu_pct[name], cpu_pct)
-            row += [str(rss_kb), f"{cpu_pct:.1f}"]
+            row += [str(rss_kb), f"{cpu_pct:.1f}", f"{ticks / CLOCK_TICKS:.2f}"]
         return row
 
 
@@ -251,7 +277,9 @@ class Stack:
 
     READY_LINE = "rinha is up on"  # printed once every child answers
 
-    def __init__(self, options: BenchOptions, groups: ContestGroups | None, log: Path) -> None:
+    def __init__(
+        self, options: BenchOptions, backend: str, groups: ContestGroups | None, log: Path
+    ) -> None:
         ports = [options.port, options.stats_port, *options.processor_ports]
         busy = ports_in_use(ports)
         if busy:
@@ -259,7 +287,7 @@ class Stack:
                 f"port(s) {', '.join(map(str, busy))} already in use: stop what holds them, "
                 "choose others (--port, --stats-port, --processor-ports) or use --reuse"
             )
-        command = [sys.executable, "-m", "rinha", "up", "--fees", options.scenario]
+        command = [sys.executable, "-m", BACKENDS[backend], "up", "--fees", options.scenario]
         command += ["--port", str(options.port), "--stats-port", str(options.stats_port)]
         command += ["--processor-ports", ",".join(map(str, options.processor_ports))]
         if groups is not None:
@@ -332,12 +360,96 @@ def wait_k6(k6: subprocess.Popen[bytes], scenario: str) -> int:
 # -- report --------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class CpuShare:
+    """CPU µs one process spent per unit of work (a processed payment, or for the floor a
+    request), over the whole run and over the scenario's steady stretch."""
+
+    whole_us: float | None
+    steady_us: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class RunSummary:
+    backend: str
+    results: Path
+    p99_ms: float | None  # the official one: every successful request
+    post_p50_ms: float
+    post_p99_ms: float
+    share_of_cap: str
+    cpu: dict[str, CpuShare]
+
+
+def _per_unit(rows: list[dict[str, str]], unit: str, name: str) -> float | None:
+    """µs of `name`'s CPU per `unit` between the first and the last row that sampled it."""
+    column = f"{name}_cpu_s"
+    sampled = [row for row in rows if row[column]]
+    if len(sampled) < 2:
+        return None
+    first, last = sampled[0], sampled[-1]
+    done = _units(last, unit) - _units(first, unit)
+    spent = float(last[column]) - float(first[column])
+    return 1e6 * spent / done if done > 0 else None
+
+
+def _units(row: dict[str, str], unit: str) -> int:
+    if unit == "request":
+        return int(row["http_requests"])
+    return int(row["default_requests"]) + int(row["fallback_requests"])
+
+
+def cpu_shares(samples: Path, unit: str, steady: tuple[float, float]) -> dict[str, CpuShare]:
+    """Per process, from samples.csv. Seconds count from the first sample in which HAProxy
+    had taken requests beyond the test's setup; `steady` is in those seconds."""
+    with open(samples, newline="") as lines:
+        rows = [row for row in csv.DictReader(lines) if row["http_requests"]]
+    names = [column.removesuffix("_cpu_s") for column in rows[0] if column.endswith("_cpu_s")]
+    started = next(
+        (
+            float(row["time"])
+            for row in rows
+            if int(row["http_requests"]) > 2 + int(rows[0]["http_requests"])
+        ),
+        float(rows[0]["time"]),
+    )
+    stretch = [row for row in rows if steady[0] <= float(row["time"]) - started <= steady[1]]
+    return {
+        name: CpuShare(_per_unit(rows, unit, name), _per_unit(stretch, unit, name))
+        for name in names
+    }
+
+
+def summarize(options: BenchOptions, backend: str, results: Path) -> RunSummary:
+    result = json.loads((results / "partial-results.json").read_text())
+    post = json.loads((results / "k6-summary.json").read_text())["metrics"]["payments_ok_duration"]
+    requests = sum(result["pagamentos_solicitados"][key] for key in ("qtd_sucesso", "qtd_falha"))
+    cap = score_cap(options.scenario, requests)
+    score = Decimal(str(result["total_liquido"]))
+    scale = result["bench"]["escala_tempo"]
+    low, high = SCENARIOS[options.scenario].steady
+    unit = "request" if backend == "floor" else "payment"
+    return RunSummary(
+        backend=backend,
+        results=results,
+        p99_ms=result["bench"]["p99_bruto_ms"],
+        post_p50_ms=post["values"]["med"],
+        post_p99_ms=post["values"]["p(99)"],
+        share_of_cap=f"{100 * score / cap:.1f}%" if cap and backend != "floor" else "-",
+        cpu=cpu_shares(results / "samples.csv", unit, (low * scale, high * scale)),
+    )
+
+
+def _us(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
+
+
 def report(
     options: BenchOptions,
-    result: dict[str, Any],
+    summary: RunSummary,
     sampler: Sampler,
     usage: list[GroupUsage],
 ) -> str:
+    result = json.loads((summary.results / "partial-results.json").read_text())
     posts = result["pagamentos_solicitados"]
     requests = posts["qtd_sucesso"] + posts["qtd_falha"]
     score = Decimal(str(result["total_liquido"]))
@@ -347,17 +459,19 @@ def report(
     share = result["multa"]["porcentagem"]
     default = result["pagamentos_realizados_default"]["num_pagamentos"]
     fallback = result["pagamentos_realizados_fallback"]["num_pagamentos"]
-    run = f"{options.scenario}"
+    run = f"{options.scenario}, {summary.backend}"
     if options.max_requests is not None:
         run += f" (max {options.max_requests} requests)"
+    unit = "request" if summary.backend == "floor" else "processed payment"
     rows = [
         ("scenario", run),
         ("limits", options.limits),
         ("POST /payments", f"{posts['qtd_sucesso']} ok, {posts['qtd_falha']} failed"),
         ("score", f"{score:.2f}"),
         ("cap", f"{cap:.2f}  (every POST by default at p99 <= 1 ms)"),
-        ("score/cap", f"{100 * score / cap:.1f}%" if cap else "-"),
+        ("score/cap", summary.share_of_cap),
         ("p99", f"{result['p99']['valor']}  (bonus {result['p99']['bonus']})"),
+        ("POST p50 / p99", f"{summary.post_p50_ms:.2f} ms / {summary.post_p99_ms:.2f} ms"),
         ("lag", str(result["lag"]["lag"])),
         ("inconsistencies", f"{fine['num_inconsistencias']} (strict {strict}, fine {share:.0%})"),
         ("default/fallback", f"{default} / {fallback}"),
@@ -365,12 +479,50 @@ def report(
     for name, rss_kb in sampler.peak_rss_kb.items():
         cpu = sampler.peak_cpu_pct[name]
         rows.append((f"peak {name}", f"{rss_kb / 1024:.1f} MB RSS, {cpu:.0f}% CPU (1 s)"))
+    low, high = SCENARIOS[options.scenario].steady
+    for name, cpu_share in summary.cpu.items():
+        whole, steady = _us(cpu_share.whole_us), _us(cpu_share.steady_us)
+        rows.append((f"cpu {name}", f"{whole} µs per {unit}, {steady} in {low}-{high} s"))
     for group in usage:
         rows.append((f"cgroup {group.name}", describe_usage(group)))
     if usage:
         rows.append(("caps read back", caps_read_back(usage)))
     width = max(len(label) for label, _ in rows)
     return "\n".join(f"{label:<{width}}  {value}" for label, value in rows)
+
+
+def _replicas_us(summary: RunSummary) -> str:
+    shares = [share for name, share in summary.cpu.items() if name.startswith("replica")]
+    whole = [share.whole_us for share in shares if share.whole_us is not None]
+    steady = [share.steady_us for share in shares if share.steady_us is not None]
+    return f"{_us(sum(whole) if whole else None)} / {_us(sum(steady) if steady else None)}"
+
+
+def compare(pairs: list[tuple[RunSummary, RunSummary]]) -> str:
+    """rinha beside the floor, run by run, with the median ratios."""
+    lines = [
+        "pair  backend  p99 (all)  POST p50  POST p99  score/cap  replicas µs (run / steady)",
+    ]
+    p99_ratios, p50_ratios = [], []
+    for number, pair in enumerate(pairs, 1):
+        for summary in pair:
+            p99 = "-" if summary.p99_ms is None else f"{summary.p99_ms:.2f} ms"
+            lines.append(
+                f"{number:<4}  {summary.backend:<7}  {p99:>9}  {summary.post_p50_ms:>5.2f} ms"
+                f"  {summary.post_p99_ms:>5.2f} ms  {summary.share_of_cap:>9}  "
+                f"{_replicas_us(summary)}"
+            )
+        ours, floor = pair
+        p99_ratios.append(ours.post_p99_ms / floor.post_p99_ms)
+        p50_ratios.append(ours.post_p50_ms / floor.post_p50_ms)
+        lines.append(
+            f"      POST p99 / floor p99 {p99_ratios[-1]:.2f}, p50 / floor p50 {p50_ratios[-1]:.2f}"
+        )
+    lines.append(
+        f"median of {len(pairs)}: POST p99 / floor p99 {statistics.median(p99_ratios):.2f}, "
+        f"p50 / floor p50 {statistics.median(p50_ratios):.2f}"
+    )
+    return "\n".join(lines)
 
 
 def caps_read_back(usage: list[GroupUsage]) -> str:
@@ -401,14 +553,31 @@ def describe_usage(group: GroupUsage) -> str:
 
 
 def run(options: BenchOptions) -> int:
-    if options.reuse and options.limits == "contest":
-        raise BenchError("--limits contest needs a stack of its own: drop --reuse")
+    if options.reuse and (options.limits == "contest" or options.floor):
+        raise BenchError("--limits contest and --floor need stacks of their own: drop --reuse")
     try:  # before the run, not after it
-        from rinha.bench.plot import plot_run
+        from rinha.bench.plot import plot_run  # noqa: F401
     except ImportError as error:
         raise BenchError(f"{error}: pip install -e '.[bench]'") from None
+    status = 0
+    pairs = []
+    for _ in range(options.repeat):
+        ours_status, ours = run_one(options, "rinha")
+        status = status or ours_status
+        if options.floor:
+            _, floor = run_one(options, "floor")
+            pairs.append((ours, floor))
+    if pairs:
+        print()
+        print(compare(pairs))
+    return status
+
+
+def run_one(options: BenchOptions, backend: str) -> tuple[int, RunSummary]:
+    from rinha.bench.plot import plot_run
+
     results = _new_results_dir(options.results_root)
-    print(f"rinha bench: {options.scenario} -> {results}", flush=True)
+    print(f"rinha bench: {options.scenario}, {backend} -> {results}", flush=True)
     usage: list[GroupUsage] = []
     with ExitStack() as cleanup:
         groups = None
@@ -419,7 +588,7 @@ def run(options: BenchOptions) -> int:
             fetch_json(options.port, "/payments-summary")  # fails early if nothing answers
             up_pid = find_up(options.port)
         else:
-            stack = Stack(options, groups, results / "stack.log")
+            stack = Stack(options, backend, groups, results / "stack.log")
             cleanup.callback(stack.stop)
             stack.wait_ready()
             up_pid = stack.popen.pid
@@ -429,7 +598,7 @@ def run(options: BenchOptions) -> int:
         samples = cleanup.enter_context(open(results / "samples.csv", "w", newline=""))
         k6 = start_k6(options, results)
         # k6 shares the machine: its CPU says whether the load generator was the bottleneck.
-        sampler = Sampler(options.port, {**processes, "k6": k6.pid}, samples)
+        sampler = Sampler(options.port, options.stats_port, {**processes, "k6": k6.pid}, samples)
         sampler.start()
         try:
             status = wait_k6(k6, options.scenario)
@@ -437,17 +606,16 @@ def run(options: BenchOptions) -> int:
             sampler.stop()
         if groups is not None:
             usage = groups.usage()  # before the groups go away with the stack
-    result_path = results / "partial-results.json"
-    if not result_path.exists():
-        raise BenchError(f"k6 exited with status {status} and wrote no {result_path.name}")
+    if not (results / "partial-results.json").exists():
+        raise BenchError(f"k6 exited with status {status} and wrote no partial-results.json")
     plot_run(results, CONTEST_LIMITS if usage else {})
-    result = json.loads(result_path.read_text())
+    summary = summarize(options, backend, results)
     print()
-    print(report(options, result, sampler, usage))
+    print(report(options, summary, sampler, usage))
     print(
         f"written {results}/: partial-results.json k6-summary.json metrics.csv samples.csv plot.png"
     )
-    return 0 if status == 0 else 1
+    return (0 if status == 0 else 1), summary
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -470,6 +638,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--reuse", action="store_true", help="use the stack already running on --port"
     )
+    parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="after each run, the same scenario against a do-nothing backend behind the same "
+        "HAProxy (rinha/bench/floor.py), and our POST latency over its",
+    )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        metavar="N",
+        help="N runs (with --floor: N interleaved pairs and the median ratios); default 1",
+    )
     add_port_options(parser)
     parser.add_argument(
         "--results", type=Path, default=Path("results"), help="parent of the run's directory"
@@ -484,6 +665,8 @@ def main(argv: list[str]) -> int:
         max_requests=args.max_requests,
         limits=args.limits,
         reuse=args.reuse,
+        floor=args.floor,
+        repeat=args.repeat,
         port=args.port,
         stats_port=args.stats_port,
         processor_ports=args.processor_ports,

@@ -41,7 +41,6 @@ REPEATS = 7
 # The dispatcher is never started here; only its accepting side is timed.
 SETTINGS = DispatchSettings(
     buffer_capacity=0,
-    workers=1,
     max_in_flight=1,
     max_send_rate=1.0,
     settle_after=1.0,
