@@ -29,12 +29,7 @@ async def run_service(config: ServiceConfig) -> None:
         loop.add_signal_handler(signum, stop.set)
 
     clients = {
-        name: ProcessorClient(
-            name,
-            url,
-            connections=config.dispatch.max_in_flight,
-            timeout=config.processor_timeout,
-        )
+        name: ProcessorClient(name, url, timeout=config.processor_timeout)
         for name, url in config.processor_urls.items()
     }
     ledger = open_ledger(config.ledger_url)

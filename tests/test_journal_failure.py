@@ -50,7 +50,7 @@ async def deliver_through_a_failing_journal(processors: Any, path: Path) -> dict
     journal.recover()
     ledger = EmbeddedLedger()
     clients = {
-        name: ProcessorClient(name, getattr(processors, name).url, connections=10, timeout=5)
+        name: ProcessorClient(name, getattr(processors, name).url, timeout=5)
         for name in ("default", "fallback")
     }
     dispatcher = Dispatcher(ledger, clients, journal, SETTINGS, capacity=SETTINGS.buffer_capacity)

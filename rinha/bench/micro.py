@@ -104,8 +104,7 @@ class _CountingTransport:
 async def in_process(ops: int) -> list[tuple[str, float]]:
     unreachable = "http://127.0.0.1:9"
     clients = {
-        name: ProcessorClient(name, unreachable, connections=1, timeout=1.0)
-        for name in ("default", "fallback")
+        name: ProcessorClient(name, unreachable, timeout=1.0) for name in ("default", "fallback")
     }
     ledger = EmbeddedLedger()
 
