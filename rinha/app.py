@@ -88,12 +88,14 @@ class App:
         return NOT_FOUND
 
     def handle_control(self, request: Request) -> Answer:
-        path = request.path.decode("latin-1")
+        path, method = request.path.decode("latin-1"), request.method
         if path == SUMMARY_PATH:
-            return self._local_summary(request.query)
+            return self._local_summary(request.query) if method == b"GET" else METHOD_NOT_ALLOWED
         if path == PURGE_PATH:
-            return self._local_purge()
+            return self._local_purge() if method == b"POST" else METHOD_NOT_ALLOWED
         if path == HEALTH_PATH:
+            if method != b"PUT":
+                return METHOD_NOT_ALLOWED
             for name, report in decode_health(request.body).items():
                 self._dispatcher.apply_health(name, report)
             return OK

@@ -125,7 +125,7 @@ def add_service_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--stamp-ahead-ms",
         type=int,
-        default=250,
+        default=100,
         help="requestedAt is the send time plus the processor's announced delay plus this, so "
         "a payment the processor stores late is outside every audit window until both sides "
         "have it (default %(default)s)",

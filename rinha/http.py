@@ -171,6 +171,12 @@ class HttpConnection(asyncio.Protocol):
         self._count_head(len(name) + len(value))
         self._headers[name.lower()] = value
 
+    def on_headers_complete(self) -> None:
+        # llhttp completes an upgrade (or CONNECT) message before it raises
+        # HttpParserUpgrade, so the handler would act on it first: refuse it here.
+        if self._parser.should_upgrade():
+            raise _FramingError(BAD_REQUEST)
+
     def on_body(self, body: bytes) -> None:
         self._body_size += len(body)
         if self._body_size > MAX_BODY_BYTES:

@@ -20,6 +20,7 @@ the journal compacted to what recovery needs.
 
 from __future__ import annotations
 
+import errno
 import os
 from dataclasses import dataclass, field
 
@@ -53,6 +54,8 @@ def _apply(state: Recovered, attempts: dict[str, tuple[str, int]], words: list[s
         attempts.pop(words[1], None)
     elif kind == "C" and len(words) == 5:
         correlation_id = words[1]
+        # A compacted journal keeps only this line for a confirmed payment: it is known too.
+        state.known_ids.add(correlation_id)
         state.pending.pop(correlation_id, None)
         attempts.pop(correlation_id, None)
         state.confirmed.append(Confirmed(correlation_id, words[2], int(words[3]), int(words[4])))
@@ -131,6 +134,7 @@ class Journal:
         self._path = path
         self._fsync = fsync
         self._fd = -1
+        self._size = 0  # bytes in the file: where a short write is cut back to
 
     def recover(self) -> Recovered:
         """Read what an earlier run left, rewrite it compacted, and open for appending."""
@@ -142,29 +146,37 @@ class Journal:
             os.fsync(out.fileno())
         os.replace(compacted, self._path)
         self._fd = os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        self._size = os.fstat(self._fd).st_size
         return state
 
-    def _write(self, line: str) -> None:
-        os.write(self._fd, line.encode())
+    def _write(self, line: bytes) -> None:
+        """The whole line or an OSError: a short write (a full disk) is cut off again, so no
+        torn line is left for the next one to run into, and the fact is not acted on."""
+        written = os.write(self._fd, line)
+        if written != len(line):
+            os.ftruncate(self._fd, self._size)
+            raise OSError(errno.ENOSPC, f"journal line written short ({written} of {len(line)})")
+        self._size += written
 
     def accepted(self, payment: Payment) -> None:
-        os.write(self._fd, b"A %s %d\n" % (payment.correlation_id.encode(), payment.cents))
+        self._write(b"A %s %d\n" % (payment.correlation_id.encode(), payment.cents))
         if self._fsync:
             os.fsync(self._fd)
 
     def sent(self, payment: Payment, processor: str, requested_at_ms: int) -> None:
-        self._write(f"S {payment.correlation_id} {processor} {requested_at_ms}\n")
+        self._write(f"S {payment.correlation_id} {processor} {requested_at_ms}\n".encode())
 
     def not_stored(self, payment: Payment) -> None:
-        self._write(f"R {payment.correlation_id}\n")
+        self._write(f"R {payment.correlation_id}\n".encode())
 
     def confirmed(
         self, payment: Payment, processor: str, requested_at_ms: int, cents: int
     ) -> None:
-        self._write(f"C {payment.correlation_id} {processor} {requested_at_ms} {cents}\n")
+        line = f"C {payment.correlation_id} {processor} {requested_at_ms} {cents}\n"
+        self._write(line.encode())
 
     def purged(self) -> None:
-        self._write("P\n")
+        self._write(b"P\n")
 
     def close(self) -> None:
         if self._fd >= 0:

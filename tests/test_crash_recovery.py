@@ -98,6 +98,23 @@ def test_confirmed_ledger_and_known_ids_survive_a_crash(
     assert processed(fresh_processors) == (50, 0)
 
 
+def test_known_ids_survive_two_restarts(
+    service_factory: Callable[..., Service], fresh_processors: Any, tmp_path: Path
+) -> None:
+    # The first restart rewrites the journal compacted; the second reads only that rewrite.
+    service = service_factory("--journal", str(tmp_path / "journal"))
+    accepted = asyncio.run(pay_many(service.port, 30))
+    before = service.wait_settled()
+    for _ in range(2):
+        service.kill()
+        service.restart()
+    assert service.summary() == before
+    for correlation_id in accepted:
+        assert service.pay(correlation_id).status == 202
+    assert service.wait_settled() == before
+    assert processed(fresh_processors) == (30, 0)
+
+
 def test_purge_survives_a_crash(
     service_factory: Callable[..., Service], fresh_processors: Any, tmp_path: Path
 ) -> None:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import re
 import socket
 import uuid
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -115,3 +117,48 @@ def test_answers_before_the_bad_request_still_arrive(service: Service) -> None:
 def test_routes(service: Service, method: str, path: str, status: int) -> None:
     request = f"{method} {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".encode()
     assert statuses(exchange(service.port, request)) == [status]
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        (
+            b"POST /purge-payments HTTP/1.1\r\nHost: t\r\nConnection: upgrade\r\n"
+            b"Upgrade: websocket\r\nContent-Length: 0\r\n\r\n"
+        ),
+        b"CONNECT /purge-payments HTTP/1.1\r\nHost: t\r\n\r\n",
+    ],
+)
+def test_an_upgrade_is_refused_before_anything_acts(service: Service, head: bytes) -> None:
+    assert service.pay().status == 202
+    service.wait_settled()
+    received = exchange(service.port, head)
+    assert statuses(received) == [400]
+    assert service.summary()["default"]["totalRequests"] == 1  # not purged
+
+
+def unix_exchange(socket_path: str, request: bytes) -> bytes:
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(5)
+        sock.connect(socket_path)
+        sock.sendall(request)
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    return received
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("GET", "/control/purge"), ("POST", "/control/summary"), ("GET", "/control/health")],
+)
+def test_control_routes_refuse_another_method(
+    service_factory: Callable[..., Service], tmp_path: Path, method: str, path: str
+) -> None:
+    control = str(tmp_path / "control")
+    service = service_factory("--control", control)
+    assert service.pay().status == 202
+    service.wait_settled()
+    request = f"{method} {path} HTTP/1.1\r\nHost: r\r\nConnection: close\r\n\r\n".encode()
+    assert statuses(unix_exchange(control, request)) == [405]
+    assert service.summary()["default"]["totalRequests"] == 1

@@ -1,4 +1,5 @@
-"""The journal's disk failing under the dispatcher (rinha/dispatcher.py): the payment's delivery
+"""The journal's disk failing. A write cut short (a full disk) is refused whole, never left
+torn. Under the dispatcher (rinha/dispatcher.py), a failing journal delays a payment: its delivery
 survives, the payment stays pending, and once the disk is back it is recorded exactly once on
 the processor that stored it.
 
@@ -11,13 +12,16 @@ emulators.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 from rinha.config import DispatchSettings
 from rinha.dispatcher import Dispatcher
-from rinha.journal import Journal
+from rinha.journal import Journal, read_journal
 from rinha.ledger.embedded import EmbeddedLedger
 from rinha.payments import Payment
 from rinha.processor_client import ProcessorClient
@@ -101,3 +105,41 @@ def test_a_failing_journal_delays_a_payment_and_never_charges_it_twice(
     assert (ledger["default"].count, ledger["fallback"].count) == (1, 0)
     # The confirmation reached the journal once the disk was back: a restart keeps it.
     assert "C 4a7e3c1e-0d4b-4a8e-9f59-1f8f3c2b6a10 default" in path.read_text()
+
+
+FULL_DISK = """
+import json, resource, sys, uuid
+from rinha.journal import Journal, read_journal
+from rinha.payments import Payment
+
+journal = Journal(sys.argv[1], fsync=False)
+journal.recover()
+# The file may grow to this many bytes: the write that crosses it is cut short (and Python
+# ignores the SIGXFSZ that comes with it).
+resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[2]), int(sys.argv[2])))
+kept = []
+for _ in range(50):
+    payment = Payment(str(uuid.uuid4()), 1990)
+    try:
+        journal.accepted(payment)
+    except OSError:
+        continue
+    kept.append(payment.correlation_id)
+print(json.dumps(kept))
+"""
+
+
+def test_a_full_disk_refuses_the_line_instead_of_tearing_it(tmp_path: Path) -> None:
+    path = tmp_path / "journal"
+    # Each acceptance is one 44-byte line: the tenth is cut short at 420 bytes.
+    limit = 9 * 44 + 24
+    finished = subprocess.run(
+        [sys.executable, "-c", FULL_DISK, str(path), str(limit)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    kept = json.loads(finished.stdout)
+    assert len(kept) == 9
+    assert path.read_bytes().endswith(b"\n") and path.stat().st_size == 9 * 44
+    assert set(read_journal(str(path)).pending) == set(kept)
