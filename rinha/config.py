@@ -111,7 +111,7 @@ def add_service_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-send-rate",
         type=number(float, 0.001),
-        default=500.0,
+        default=300.0,
         help="deliveries started per second at most, so a draining backlog leaves the event "
         "loop free to answer (default %(default)s)",
     )

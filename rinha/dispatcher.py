@@ -6,9 +6,10 @@ Rules (SPEC.md §3, §4), each one enforced here:
 - A refused attempt (500, 429, connection refused) stored nothing: route again, maybe elsewhere.
 - An unknown attempt (timeout, reset) may have been stored. The payment stays on that
   processor, looking it up (`GET /payments/{id}`) and re-sending the identical body until one
-  of them settles it: found, 200 or 422 mean stored with that requestedAt. It is released to
-  go elsewhere only when the lookup says "not stored" and `settle_after` seconds have passed
-  since the last unknown attempt, longer than a processor can hold a request.
+  of them settles it: found means stored as the lookup shows it, a 200 stored as sent (a 422
+  only says "stored": the next lookup says how). It is released to go elsewhere only when the
+  lookup says "not stored" and `settle_after` seconds have passed since the last unknown
+  attempt, longer than a processor can hold a request.
 - A payment is never dropped: it is pending, and counted as such, until recorded.
 - From the moment an attempt may leave until an answer says otherwise, the payment counts as
   unsettled on that processor. Should anything unforeseen fail on the way (the journal's
@@ -53,8 +54,12 @@ from rinha.payments import Payment
 from rinha.processor_client import HealthReport, Outcome, ProcessorClient, StoredPayment
 from rinha.routing import Route, RoutingState, choose_route
 
+# Retries of a lookup or re-send on one processor wait this long at first, doubling up to the
+# most.
 _FIRST_BACKOFF = 0.05
 _MAX_BACKOFF = 2.0
+# How often a stopping dispatcher looks whether every pending payment is recorded.
+_DRAIN_POLL = 0.05
 # Our own share of a processor call's duration, beyond the processor's announced delay.
 _CALL_OVERHEAD_MS = 5
 # A delivery that failed unexpectedly waits this long before trying that payment again.
@@ -88,7 +93,8 @@ class Dispatcher:
         # Every pending payment that no delivery holds, oldest first.
         self._waiting: RingBuffer[Payment] = RingBuffer(capacity)
         self.health = {name: ProcessorHealth(settings.probe_gap) for name in clients}
-        self._on = dict.fromkeys(clients, 0)  # payments each processor holds a slot for
+        # The payments each processor holds a slot for, with when each started, oldest first.
+        self._on: dict[str, dict[Payment, float]] = {name: {} for name in clients}
         self._send_interval = 1.0 / settings.max_send_rate
         self._loop = asyncio.get_running_loop()
         self._next_send_at = self._loop.time()
@@ -109,7 +115,7 @@ class Dispatcher:
         """Wait up to `timeout` seconds for every pending payment to be recorded."""
         deadline = self._loop.time() + timeout
         while self.pending_count and self._loop.time() < deadline:
-            await asyncio.sleep(_FIRST_BACKOFF)
+            await asyncio.sleep(_DRAIN_POLL)
 
     async def stop(self) -> None:
         self._running = False
@@ -179,14 +185,14 @@ class Dispatcher:
                     self._wake_for_held(payment, now)
                     return
                 name = route.value
-            if self._on[name] >= self._settings.max_in_flight:
+            if len(self._on[name]) >= self._settings.max_in_flight:
                 return  # the delivery that frees a slot runs the next pass
             if self._next_send_at > now + _PACING_SLACK:
                 self._wake_at(self._next_send_at - _PACING_SLACK)
                 return
             self._next_send_at = max(self._next_send_at, now) + self._send_interval
             self._waiting.pop()
-            self._on[name] += 1
+            self._on[name][payment] = now
             health = self.health[name]
             probe = health.failing and payment.unsettled_on is None
             if probe:
@@ -200,7 +206,14 @@ class Dispatcher:
         held_enough = now - payment.accepted_at >= self._settings.max_hold
         # Seconds until a default slot frees for the last waiting payment if every waiting
         # payment goes there: the queue over the slots, times one call's expected duration.
-        call_seconds = (default.min_response_ms + _CALL_OVERHEAD_MS) / 1000
+        # With every slot taken, the oldest call's age shows a delay raised since the last
+        # health report, seconds before the next one says so.
+        expected_ms: float = default.min_response_ms
+        on_default = self._on["default"]
+        if len(on_default) >= self._settings.max_in_flight:
+            oldest = next(iter(on_default.values()))
+            expected_ms = max(expected_ms, (now - oldest) * 1000)
+        call_seconds = (expected_ms + _CALL_OVERHEAD_MS) / 1000
         backlog = len(self._waiting) / self._settings.max_in_flight * call_seconds
         saturated = backlog > self._settings.spill_after
         state = RoutingState(default.view(now), fallback.view(now), held_enough, saturated)
@@ -238,7 +251,7 @@ class Dispatcher:
         try:
             recorded = await self._carry(payment, name, probe)
         finally:
-            self._on[name] -= 1
+            del self._on[name][payment]
             self._schedule_soon()
         if recorded:
             self.pending_count -= 1
@@ -293,9 +306,9 @@ class Dispatcher:
     async def _settle(self, payment: Payment) -> bool:
         """Resolve an unknown attempt; True when recorded, False when released unstored.
 
-        Every attempt on this processor carries the same correlationId and requestedAt, so
-        whichever of them is stored, it is stored as sent. The lookup comes first because it
-        is not delayed like a payment; the re-send gets a lost attempt processed promptly.
+        A 200 to the re-send stores it with the requestedAt sent; anything else is recorded
+        as the lookup finds it. The lookup comes first because it is not delayed like a
+        payment; the re-send gets a lost attempt processed promptly.
         """
         name = payment.unsettled_on
         assert name is not None and payment.requested_at_ms is not None
@@ -315,12 +328,14 @@ class Dispatcher:
                 payment.unsettled_on = None
                 return False
             outcome = await client.send(body)
-            if outcome is Outcome.CONFIRMED or outcome is Outcome.DUPLICATE:
+            if outcome is Outcome.CONFIRMED:
                 self._record(payment, name, payment.requested_at_ms, payment.cents)
                 return True
+            # A 422 says the processor has a payment with this id, not with which requestedAt:
+            # the next lookup records what it has.
             if outcome is Outcome.UNKNOWN:
                 payment.unsettled_since = self._loop.time()
-            else:
+            elif outcome is Outcome.REFUSED:
                 self.health[name].refused(self._loop.time())
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, _MAX_BACKOFF)

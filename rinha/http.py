@@ -11,10 +11,14 @@ a task). Answers leave in request order, so pipelined requests work: an answer w
 outstanding or while the transport's write buffer is full.
 
 Framing errors are answered and end the connection: malformed HTTP → 400, a head or body over
-its limit → 431 / 413, each with `connection: close`. A handler that raises is our bug: the
-client gets 500 and the connection closes, the traceback goes to the loop's exception handler.
+its limit → 431 / 413, each with `connection: close`. A handler or parser callback that raises
+anything else is our bug: the client gets 500 and the connection closes, the traceback goes to
+the loop's exception handler.
 
-Idle keep-alive connections are closed by one sweep per server rather than a timer per request.
+Idle keep-alive connections are closed by one sweep per server rather than a timer per request;
+the same sweep answers 408 and closes a connection whose request has not arrived whole within
+`REQUEST_SECONDS` of its first byte, so a slow client cannot hold a connection without HAProxy
+in front (HAProxy's own limit is 5 s).
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ MAX_HEAD_BYTES = 16 * 1024
 MAX_BODY_BYTES = 4 * 1024
 # More answers than this outstanding on one connection pause reading from it.
 MAX_PIPELINED = 64
+# From a request's first byte to its last, at most this long.
+REQUEST_SECONDS = 5.0
 
 _REASONS = {
     200: b"OK",
@@ -42,6 +48,7 @@ _REASONS = {
     401: b"Unauthorized",
     404: b"Not Found",
     405: b"Method Not Allowed",
+    408: b"Request Timeout",
     413: b"Content Too Large",
     415: b"Unsupported Media Type",
     422: b"Unprocessable Entity",
@@ -81,6 +88,7 @@ BAD_REQUEST = error_response(400, "malformed HTTP request")
 HEAD_TOO_LARGE = error_response(431, "request head too large")
 BODY_TOO_LARGE = error_response(413, "request body too large")
 INTERNAL_ERROR = error_response(500, "internal error")
+REQUEST_TIMEOUT = error_response(408, "request not received in time")
 
 
 @dataclass(slots=True)
@@ -116,6 +124,7 @@ class HttpConnection(asyncio.Protocol):
         self._writing_paused = False
         self._closing = False
         self.last_active = 0.0
+        self.reading_since: float | None = None  # a request's first byte, until its last
         self._url = b""
         self._headers: dict[bytes, bytes] = {}
         self._head_size = 0
@@ -142,7 +151,11 @@ class HttpConnection(asyncio.Protocol):
             self._parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__
-            self._stop(cause.answer if isinstance(cause, _FramingError) else BAD_REQUEST)
+            if isinstance(cause, _FramingError):
+                self._stop(cause.answer)
+            else:  # a callback of ours failed: our bug, not the client's
+                self._report(cause or exc)
+                self._stop(INTERNAL_ERROR)
         except (httptools.HttpParserError, httptools.HttpParserUpgrade):
             self._stop(BAD_REQUEST)
 
@@ -157,6 +170,7 @@ class HttpConnection(asyncio.Protocol):
     # httptools callbacks
 
     def on_message_begin(self) -> None:
+        self.reading_since = self._loop.time()
         self._url = b""
         self._headers = {}
         self._head_size = 0
@@ -184,6 +198,7 @@ class HttpConnection(asyncio.Protocol):
         self._body.append(body)
 
     def on_message_complete(self) -> None:
+        self.reading_since = None
         if self._closing:
             return
         path, _, query = self._url.partition(b"?")
@@ -280,6 +295,11 @@ class HttpConnection(asyncio.Protocol):
     def idle(self) -> bool:
         return not self._answers
 
+    def time_out(self) -> None:
+        """The request under way took too long to arrive: answer 408 and close."""
+        self.reading_since = None
+        self._stop(REQUEST_TIMEOUT)
+
     def close(self) -> None:
         if self._transport is not None:
             self._transport.close()
@@ -318,11 +338,15 @@ class HttpServer:
 
     def _sweep(self) -> None:
         loop = asyncio.get_running_loop()
-        deadline = loop.time() - self.keep_alive_seconds
+        now = loop.time()
+        idle_before, started_before = now - self.keep_alive_seconds, now - REQUEST_SECONDS
         for connection in list(self.connections):
-            if connection.idle and connection.last_active < deadline:
+            if connection.reading_since is not None and connection.reading_since < started_before:
+                connection.time_out()
+            elif connection.idle and connection.last_active < idle_before:
                 connection.close()
-        self._sweeper = loop.call_later(min(self.keep_alive_seconds, 5.0), self._sweep)
+        # Every second: a late request is cut off between 5 and 6 s after its first byte.
+        self._sweeper = loop.call_later(min(self.keep_alive_seconds, 1.0), self._sweep)
 
     async def shutdown(self, drain_seconds: float = 5.0) -> None:
         """Stop listening, let outstanding answers go out, then close what is left."""

@@ -162,3 +162,14 @@ def test_control_routes_refuse_another_method(
     request = f"{method} {path} HTTP/1.1\r\nHost: r\r\nConnection: close\r\n\r\n".encode()
     assert statuses(unix_exchange(control, request)) == [405]
     assert service.summary()["default"]["totalRequests"] == 1
+
+
+def test_a_request_that_does_not_arrive_whole_is_cut_off(service: Service) -> None:
+    # Without HAProxy in front, a slow client must not hold a connection: 408, then closed.
+    with socket.create_connection(("127.0.0.1", service.port), timeout=20) as sock:
+        sock.sendall(b"POST /payments HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\n{")
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    assert statuses(received) == [408]
+    assert service.summary()["pending"]["totalRequests"] == 0

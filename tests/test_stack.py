@@ -7,6 +7,7 @@ import asyncio
 import os
 import signal
 import time
+import uuid
 from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
@@ -26,6 +27,21 @@ def test_payments_spread_over_every_replica(stack: Stack, fresh_processors: Any)
     assert all(after[name] > before.get(name, 0) for name in after)
     assert summary["default"]["totalRequests"] == 60
     assert fresh_processors.default.summary()["totalRequests"] == 60
+
+
+def test_a_correlation_id_in_another_case_is_charged_once(
+    stack: Stack, fresh_processors: Any
+) -> None:
+    # The service lowercases an id; HAProxy must route every spelling to the same replica,
+    # whose known ids then recognise the replay.
+    ids = [str(uuid.uuid4()) for _ in range(30)]
+    for correlation_id in ids:
+        for spelling in (correlation_id, correlation_id.upper()):
+            body = {"correlationId": spelling, "amount": 19.90}
+            assert call(stack.port, "POST", "/payments", body).status == 202
+    summary = stack.wait_settled()
+    assert fresh_processors.default.summary()["totalRequests"] == 30
+    assert summary["default"]["totalRequests"] == 30
 
 
 def test_every_replica_answers_the_same_summary(stack: Stack) -> None:

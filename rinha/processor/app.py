@@ -30,7 +30,7 @@ from rinha.clock import parse_us
 from rinha.http import Answer, Request, response
 from rinha.processor.config import ProcessorOptions
 from rinha.processor.limits import HealthWindow, PaymentSlots
-from rinha.processor.store import Payment, PaymentStore
+from rinha.processor.store import PaymentStore, ProcessedPayment
 
 PAYMENT_PROCESSED = response(200, b'{"message":"payment processed successfully"}')
 PAYMENT_FAILED = response(500)  # the official failure answer has no body
@@ -110,7 +110,9 @@ class Processor:
         # Queued now, not when the task first runs: the next request may be read before that.
         return self._process(payment, self.slots.queue())
 
-    async def _process(self, payment: Payment, slot: asyncio.Future[None] | None) -> bytes:
+    async def _process(
+        self, payment: ProcessedPayment, slot: asyncio.Future[None] | None
+    ) -> bytes:
         """Settle the payment once it holds a slot (`slot` is its place in the queue, if any)."""
         if slot is not None:
             await slot
@@ -120,7 +122,7 @@ class Processor:
         finally:
             self.slots.release()
 
-    def _settle(self, payment: Payment) -> bytes:
+    def _settle(self, payment: ProcessedPayment) -> bytes:
         if self.failing:
             return PAYMENT_FAILED
         if not self.payments.add(payment):
@@ -263,7 +265,7 @@ def _read_json(request: Request) -> dict[str, Any]:
     return data
 
 
-def _read_payment(request: Request) -> Payment:
+def _read_payment(request: Request) -> ProcessedPayment:
     data = _read_json(request)
     correlation_id = data.get("correlationId")
     if not isinstance(correlation_id, str) or not _UUID_TEXT.fullmatch(correlation_id):
@@ -275,7 +277,7 @@ def _read_payment(request: Request) -> Payment:
         requested_us = parse_us(requested_at)
     except ValueError:
         raise RequestError(400, "requestedAt must be an ISO-8601 timestamp") from None
-    return Payment(correlation_id.lower(), to_cents(data.get("amount")), requested_us)
+    return ProcessedPayment(correlation_id.lower(), to_cents(data.get("amount")), requested_us)
 
 
 def to_cents(amount: object) -> int:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 
 @dataclass(frozen=True, slots=True)
-class Payment:
+class ProcessedPayment:
     correlation_id: str  # canonical lowercase UUID
     cents: int
     requested_us: int
@@ -22,14 +22,14 @@ class Payment:
 
 class PaymentStore:
     def __init__(self) -> None:
-        self._by_id: dict[str, Payment] = {}
+        self._by_id: dict[str, ProcessedPayment] = {}
         self._times: list[int] = []  # requested_us, ascending
         self._cents: list[int] = []  # cents of the payment at the same index
 
     def __len__(self) -> int:
         return len(self._by_id)
 
-    def add(self, payment: Payment) -> bool:
+    def add(self, payment: ProcessedPayment) -> bool:
         """Store a payment; False (nothing stored) if its correlationId is already here."""
         if payment.correlation_id in self._by_id:
             return False
@@ -39,7 +39,7 @@ class PaymentStore:
         self._cents.insert(at, payment.cents)
         return True
 
-    def get(self, correlation_id: str) -> Payment | None:
+    def get(self, correlation_id: str) -> ProcessedPayment | None:
         return self._by_id.get(correlation_id)
 
     def summary(self, from_us: int | None, to_us: int | None) -> tuple[int, int]:
