@@ -37,6 +37,7 @@ from rinha.bench.limits import (
     contest_groups,
     describe_limits,
 )
+from rinha.config import number
 from rinha.stack import add_port_options, ports_in_use
 
 SCENARIO_JS = Path(__file__).resolve().parents[2] / "bench" / "scenario.js"
@@ -504,11 +505,11 @@ def compare(pairs: list[tuple[RunSummary, RunSummary]]) -> str:
         "pair  backend  p99 (all)  POST p50  POST p99  score/cap  replicas µs (run / steady)",
     ]
     p99_ratios, p50_ratios = [], []
-    for number, pair in enumerate(pairs, 1):
+    for pair_number, pair in enumerate(pairs, 1):
         for summary in pair:
             p99 = "-" if summary.p99_ms is None else f"{summary.p99_ms:.2f} ms"
             lines.append(
-                f"{number:<4}  {summary.backend:<7}  {p99:>9}  {summary.post_p50_ms:>5.2f} ms"
+                f"{pair_number:<4}  {summary.backend:<7}  {p99:>9}  {summary.post_p50_ms:>5.2f} ms"
                 f"  {summary.post_p99_ms:>5.2f} ms  {summary.share_of_cap:>9}  "
                 f"{_replicas_us(summary)}"
             )
@@ -646,7 +647,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--repeat",
-        type=int,
+        type=number(int, 1),
         default=1,
         metavar="N",
         help="N runs (with --floor: N interleaved pairs and the median ratios); default 1",
