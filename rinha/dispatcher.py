@@ -18,9 +18,9 @@ Rules (SPEC.md §3, §4), each one enforced here:
 
 Scheduling: accepted payments wait in one FIFO ring buffer; nothing runs for a payment until
 it leaves it. A scheduling pass (`_schedule`) runs after something changed, at most once per
-20 ms (everything that changes meanwhile shares the next one); it looks at the oldest payment, asks the routing policy where it goes, and starts a
-delivery task there if that processor has a free slot; it goes on until the oldest payment
-must wait. A payment that must be held stays in the buffer, and one timer wakes the pass when
+20 ms (everything that changes meanwhile shares the next one). It looks at the oldest payment,
+asks the routing policy where it goes, and starts a delivery task there if that processor has
+a free slot; it goes on until the oldest payment must wait. A payment that must be held stays in the buffer, and one timer wakes the pass when
 a hold ends or a probe is due. So a POST only queues, held payments cost nothing, and a health
 change wakes one pass, not every payment.
 
@@ -89,7 +89,6 @@ class Dispatcher:
         self._clients = clients
         self._journal = journal
         self._settings = settings
-        self._capacity = capacity
         # Every pending payment that no delivery holds, oldest first.
         self._waiting: RingBuffer[Payment] = RingBuffer(capacity)
         self.health = {name: ProcessorHealth(settings.probe_gap) for name in clients}
@@ -127,7 +126,8 @@ class Dispatcher:
 
     @property
     def full(self) -> bool:
-        return self.pending_count >= self._capacity
+        # Sized for every pending payment, so a delivery can always put its payment back.
+        return self.pending_count >= self._waiting.capacity
 
     def restore(self, payments: list[Payment]) -> None:
         """Queue payments a previous run accepted; an unsettled one is settled first, counting
