@@ -377,7 +377,9 @@ class RunSummary:
     p99_ms: float | None  # the official one: every successful request
     post_p50_ms: float
     post_p99_ms: float
+    cap: Decimal
     share_of_cap: str
+    steady: tuple[float, float]  # seconds into this run's ramp (scaled with --max-requests)
     cpu: dict[str, CpuShare]
 
 
@@ -420,14 +422,16 @@ def cpu_shares(samples: Path, unit: str, steady: tuple[float, float]) -> dict[st
     }
 
 
-def summarize(options: BenchOptions, backend: str, results: Path) -> RunSummary:
-    result = json.loads((results / "partial-results.json").read_text())
+def summarize(
+    options: BenchOptions, backend: str, results: Path, result: dict[str, Any]
+) -> RunSummary:
     post = json.loads((results / "k6-summary.json").read_text())["metrics"]["payments_ok_duration"]
     requests = sum(result["pagamentos_solicitados"][key] for key in ("qtd_sucesso", "qtd_falha"))
     cap = score_cap(options.scenario, requests)
     score = Decimal(str(result["total_liquido"]))
     scale = result["bench"]["escala_tempo"]
     low, high = SCENARIOS[options.scenario].steady
+    steady = (low * scale, high * scale)
     unit = "request" if backend == "floor" else "payment"
     return RunSummary(
         backend=backend,
@@ -435,8 +439,10 @@ def summarize(options: BenchOptions, backend: str, results: Path) -> RunSummary:
         p99_ms=result["bench"]["p99_bruto_ms"],
         post_p50_ms=post["values"]["med"],
         post_p99_ms=post["values"]["p(99)"],
+        cap=cap,
         share_of_cap=f"{100 * score / cap:.1f}%" if cap and backend != "floor" else "-",
-        cpu=cpu_shares(results / "samples.csv", unit, (low * scale, high * scale)),
+        steady=steady,
+        cpu=cpu_shares(results / "samples.csv", unit, steady),
     )
 
 
@@ -446,15 +452,13 @@ def _us(value: float | None) -> str:
 
 def report(
     options: BenchOptions,
+    result: dict[str, Any],
     summary: RunSummary,
     sampler: Sampler,
     usage: list[GroupUsage],
 ) -> str:
-    result = json.loads((summary.results / "partial-results.json").read_text())
     posts = result["pagamentos_solicitados"]
-    requests = posts["qtd_sucesso"] + posts["qtd_falha"]
     score = Decimal(str(result["total_liquido"]))
-    cap = score_cap(options.scenario, requests)
     fine = result["multa"]["composicao"]
     strict = result["bench"]["inconsistencias_estritas"]
     share = result["multa"]["porcentagem"]
@@ -469,7 +473,7 @@ def report(
         ("limits", options.limits),
         ("POST /payments", f"{posts['qtd_sucesso']} ok, {posts['qtd_falha']} failed"),
         ("score", f"{score:.2f}"),
-        ("cap", f"{cap:.2f}  (every POST by default at p99 <= 1 ms)"),
+        ("cap", f"{summary.cap:.2f}  (every POST by default at p99 <= 1 ms)"),
         ("score/cap", summary.share_of_cap),
         ("p99", f"{result['p99']['valor']}  (bonus {result['p99']['bonus']})"),
         ("POST p50 / p99", f"{summary.post_p50_ms:.2f} ms / {summary.post_p99_ms:.2f} ms"),
@@ -480,10 +484,10 @@ def report(
     for name, rss_kb in sampler.peak_rss_kb.items():
         cpu = sampler.peak_cpu_pct[name]
         rows.append((f"peak {name}", f"{rss_kb / 1024:.1f} MB RSS, {cpu:.0f}% CPU (1 s)"))
-    low, high = SCENARIOS[options.scenario].steady
+    low, high = summary.steady
     for name, cpu_share in summary.cpu.items():
         whole, steady = _us(cpu_share.whole_us), _us(cpu_share.steady_us)
-        rows.append((f"cpu {name}", f"{whole} µs per {unit}, {steady} in {low}-{high} s"))
+        rows.append((f"cpu {name}", f"{whole} µs per {unit}, {steady} in {low:.0f}-{high:.0f} s"))
     for group in usage:
         rows.append((f"cgroup {group.name}", describe_usage(group)))
     if usage:
@@ -607,12 +611,14 @@ def run_one(options: BenchOptions, backend: str) -> tuple[int, RunSummary]:
             sampler.stop()
         if groups is not None:
             usage = groups.usage()  # before the groups go away with the stack
-    if not (results / "partial-results.json").exists():
-        raise BenchError(f"k6 exited with status {status} and wrote no partial-results.json")
+    result_path = results / "partial-results.json"
+    if not result_path.exists():
+        raise BenchError(f"k6 exited with status {status} and wrote no {result_path.name}")
     plot_run(results, CONTEST_LIMITS if usage else {})
-    summary = summarize(options, backend, results)
+    result = json.loads(result_path.read_text())
+    summary = summarize(options, backend, results, result)
     print()
-    print(report(options, summary, sampler, usage))
+    print(report(options, result, summary, sampler, usage))
     print(
         f"written {results}/: partial-results.json k6-summary.json metrics.csv samples.csv plot.png"
     )
