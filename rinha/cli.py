@@ -10,7 +10,7 @@ import sys
 import uvloop
 
 from rinha.config import add_service_options, service_config
-from rinha.stack import add_cgroups_option, add_port_options
+from rinha.stack import add_up_options
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,14 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="run HAProxy, three replicas and, unless PROCESSOR_DEFAULT_URL and "
         "PROCESSOR_FALLBACK_URL are set, two processor emulators",
     )
-    add_port_options(up)
-    up.add_argument(
-        "--fees",
-        choices=("final", "preview"),
-        default="final",
-        help="emulators' fees: final 7%%/10%%, preview 5%%/15%% (default %(default)s)",
-    )
-    add_cgroups_option(up)
+    add_up_options(up)
     up.add_argument(
         "serve_options",
         nargs=argparse.REMAINDER,

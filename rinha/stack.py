@@ -47,7 +47,16 @@ def add_port_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_cgroups_option(parser: argparse.ArgumentParser) -> None:
+def add_up_options(parser: argparse.ArgumentParser) -> None:
+    """What starting a stack takes: ports, the emulators' fees, cgroups (`up`, and the bench's
+    floor stack)."""
+    add_port_options(parser)
+    parser.add_argument(
+        "--fees",
+        choices=tuple(FEES),
+        default="final",
+        help="emulators' fees: final 7%%/10%%, preview 5%%/15%% (default %(default)s)",
+    )
     parser.add_argument(
         "--cgroups",
         type=_cgroups,

@@ -25,8 +25,7 @@ from rinha.stack import (
     Child,
     StackError,
     StackOptions,
-    add_cgroups_option,
-    add_port_options,
+    add_up_options,
     default_run_dir,
     plan,
     run_stack,
@@ -79,9 +78,7 @@ def main(argv: list[str]) -> int:
     serve_parser = commands.add_parser("serve", help="one floor process")
     serve_parser.add_argument("--unix", metavar="PATH", required=True)
     up = commands.add_parser("up", help="HAProxy, three floor processes and two emulators")
-    add_port_options(up)
-    up.add_argument("--fees", choices=("final", "preview"), default="final")
-    add_cgroups_option(up)
+    add_up_options(up)
     args = parser.parse_args(argv)
     if args.command == "serve":
         uvloop.run(serve(args.unix))
