@@ -9,15 +9,7 @@ from __future__ import annotations
 from urllib.parse import parse_qsl
 
 from rinha.clock import parse_us
-from rinha.cluster import (
-    HEALTH_PATH,
-    PURGE_PATH,
-    SUMMARY_PATH,
-    Peers,
-    PeerUnavailable,
-    decode_health,
-    encode_totals,
-)
+from rinha.cluster import HEALTH_PATH, PURGE_PATH, Peers, PeerUnavailable, decode_health
 from rinha.dispatcher import Dispatcher
 from rinha.http import Answer, Request, response
 from rinha.journal import Journal, NoJournal
@@ -30,7 +22,8 @@ OK = response(200, b"{}")
 BUFFER_FULL = response(429, b'{"error":"too many pending payments, retry later"}')
 NOT_FOUND = response(404, b'{"error":"no such route"}')
 METHOD_NOT_ALLOWED = response(405, b'{"error":"method not allowed"}')
-PEER_UNAVAILABLE = response(503, b'{"error":"a replica did not answer; totals unknown"}')
+PEER_UNREADABLE = response(503, b'{"error":"a replica\'s journal cannot be read; totals unknown"}')
+PURGE_INCOMPLETE = response(503, b'{"error":"a running replica did not answer; purge again"}')
 JOURNAL_UNAVAILABLE = response(503, b'{"error":"cannot keep the payment now, retry later"}')
 LEDGER_UNAVAILABLE = response(503, b'{"error":"the ledger store did not answer; totals unknown"}')
 
@@ -89,8 +82,6 @@ class App:
 
     def handle_control(self, request: Request) -> Answer:
         path, method = request.path.decode("latin-1"), request.method
-        if path == SUMMARY_PATH:
-            return self._local_summary(request.query) if method == b"GET" else METHOD_NOT_ALLOWED
         if path == PURGE_PATH:
             return self._local_purge() if method == b"POST" else METHOD_NOT_ALLOWED
         if path == HEALTH_PATH:
@@ -119,50 +110,37 @@ class App:
         self._accepted.add(payment.correlation_id)
         return ACCEPTED
 
-    async def _totals(self, from_ms: int | None, to_ms: int | None, *, peer: bool) -> Summary:
-        """What this replica adds to a summary: what it still has pending, and its ledger over
-        the window unless a peer asks about a shared ledger (the asker reads that itself)."""
-        totals: Summary = {}
-        if not (peer and self._ledger.shared):
-            totals = await self._ledger.summary(from_ms, to_ms)
-        dispatcher = self._dispatcher
-        totals["pending"] = Totals(dispatcher.pending_count, dispatcher.pending_cents)
-        return totals
-
     async def _summary(self, query: bytes) -> bytes:
         try:
             from_ms, to_ms = window_bounds(query)
         except BadInput as error:
             return bad_input(error.status, error.reason)
+        dispatcher = self._dispatcher
         try:
-            totals = await self._totals(from_ms, to_ms, peer=False)
+            totals = await self._ledger.summary(from_ms, to_ms)
+            totals["pending"] = Totals(dispatcher.pending_count, dispatcher.pending_cents)
             if self._peers is not None:
-                for peer_totals in await self._peers.totals(query):
-                    for name, peer in peer_totals.items():
-                        totals[name] = totals[name] + peer
+                for name, part in self._peers.totals(from_ms, to_ms).items():
+                    # A shared store already holds every replica's confirmed payments.
+                    if name == "pending" or not self._ledger.shared:
+                        totals[name] = totals[name] + part
         except PeerUnavailable:
-            return PEER_UNAVAILABLE
+            return PEER_UNREADABLE
         except LedgerUnavailable:
             return LEDGER_UNAVAILABLE
         return response(200, render_summary(totals))
-
-    async def _local_summary(self, query: bytes) -> bytes:
-        try:
-            totals = await self._totals(*window_bounds(query), peer=True)
-        except LedgerUnavailable:
-            return LEDGER_UNAVAILABLE
-        return response(200, encode_totals(totals))
 
     async def _purge(self) -> bytes:
         if self._peers is not None:
             try:
                 await self._peers.purge()
             except PeerUnavailable:
-                return PEER_UNAVAILABLE
+                return PURGE_INCOMPLETE
         return await self._local_purge()
 
     async def _local_purge(self) -> bytes:
         self._journal.purged()
+        self._dispatcher.purge()
         await self._ledger.purge()
         self._accepted.clear()
         return PURGED

@@ -56,3 +56,8 @@ class RingBuffer(Generic[T]):
         self._head = (self._head + 1) % self._capacity
         self._size -= 1
         return item
+
+    def clear(self) -> None:
+        self._slots = [None] * self._capacity
+        self._head = 0
+        self._size = 0

@@ -10,6 +10,7 @@ import sys
 import uvloop
 
 from rinha.config import add_service_options, service_config
+from rinha.journal import JournalInUse
 from rinha.stack import add_up_options
 
 
@@ -50,8 +51,11 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         try:
             uvloop.run(run_service(config))
+        except JournalInUse as error:
+            print(f"rinha: {error}", file=sys.stderr)
+            return 1
         except OSError as error:
-            print(f"rinha: cannot listen: {error}", file=sys.stderr)
+            print(f"rinha: cannot start: {error}", file=sys.stderr)
             return 1
         return 0
     from rinha.stack import StackError, StackOptions, default_run_dir, plan, run_stack

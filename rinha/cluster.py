@@ -1,9 +1,15 @@
 """Replicas behind one load balancer: one audit wherever a request lands, one health decider.
 
-Each replica keeps its own ledger and answers for it on a private control socket (outside the
-three public routes). A public summary is the replica's own totals plus every peer's, asked
-concurrently over those sockets; if a peer cannot answer, the summary is an error, never a
-wrong figure. A purge reaches every replica the same way.
+Every replica's journal says what it confirmed and what it holds pending, line by line before
+acting on it (rinha/journal.py). A public summary is the replica's own totals plus what each
+peer's journal says, read at that moment: exact, and answered by any live replica alone, even
+while a peer is dead or restarting. If a peer's journal cannot be read, the summary is an
+error, never a wrong figure.
+
+A purge reaches every replica on its private control socket (outside the three public
+routes). A replica that is down (its journal's lock is free) gets the purge in its journal,
+which it obeys when it starts again; only a replica that is running and does not answer makes
+the purge fail (503), and a retry purges everything again.
 
 The health endpoint allows one call per 5 s per processor for all callers together
 (SPEC.md §3), so exactly one replica polls it and pushes each report to its peers.
@@ -12,30 +18,22 @@ The health endpoint allows one call per 5 s per processor for all callers togeth
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 
 import aiohttp
 import orjson
 
+from rinha.journal import JournalInUse, PeerJournal, purge_unowned
 from rinha.ledger import Summary, Totals
 from rinha.processor_client import HealthReport, ProcessorClient
 
-# Control-socket routes. Bodies carry integers only: counts and cents.
-SUMMARY_PATH = "/control/summary"
+# Control-socket routes.
 PURGE_PATH = "/control/purge"
 HEALTH_PATH = "/control/health"
 
 
 class PeerUnavailable(Exception):
-    """A peer replica did not answer; totals across the cluster cannot be known now."""
-
-
-def encode_totals(summary: Summary) -> bytes:
-    return orjson.dumps({name: [t.count, t.cents] for name, t in summary.items()})
-
-
-def decode_totals(body: bytes) -> Summary:
-    return {name: Totals(count, cents) for name, (count, cents) in orjson.loads(body).items()}
+    """A peer replica could not be reached or read; the cluster-wide answer is unknown now."""
 
 
 def encode_health(reports: dict[str, HealthReport]) -> bytes:
@@ -46,44 +44,77 @@ def decode_health(body: bytes) -> dict[str, HealthReport]:
     return {name: HealthReport(bool(f), int(ms)) for name, (f, ms) in orjson.loads(body).items()}
 
 
-class Peers:
-    """The other replicas, each reached over its control unix socket."""
+async def _on_every_peer(calls: Iterable[Awaitable[None]]) -> None:
+    """Every call runs to its end, so one peer's failure leaves none half done; the first
+    failure is raised after."""
+    for result in await asyncio.gather(*calls, return_exceptions=True):
+        if isinstance(result, BaseException):
+            raise result
 
-    def __init__(self, sockets: Sequence[str], timeout: float = 2.0) -> None:
-        self._sessions = [
-            aiohttp.ClientSession(
-                connector=aiohttp.UnixConnector(path=path),
-                timeout=aiohttp.ClientTimeout(total=timeout),
-            )
-            for path in sockets
-        ]
 
-    async def _each(self, method: str, path: str, data: bytes | None = None) -> list[bytes]:
-        async def one(session: aiohttp.ClientSession) -> bytes:
-            async with session.request(method, "http://peer" + path, data=data) as answer:
-                body = await answer.read()
+class Peer:
+    """Another replica: its control socket and its journal."""
+
+    def __init__(self, control: str, journal: str, timeout: float) -> None:
+        self.journal = PeerJournal(journal)
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.UnixConnector(path=control),
+            timeout=aiohttp.ClientTimeout(total=timeout),
+        )
+
+    async def call(self, method: str, path: str, data: bytes | None = None) -> None:
+        try:
+            async with self._session.request(method, "http://peer" + path, data=data) as answer:
+                await answer.read()
                 if answer.status != 200:
                     raise PeerUnavailable(f"peer answered {answer.status} to {path}")
-                return body
-
-        try:
-            return await asyncio.gather(*(one(session) for session in self._sessions))
         except (TimeoutError, aiohttp.ClientError) as error:
             raise PeerUnavailable(str(error) or type(error).__name__) from error
 
-    async def totals(self, query: bytes) -> list[Summary]:
-        path = SUMMARY_PATH + ("?" + query.decode("latin-1") if query else "")
-        return [decode_totals(body) for body in await self._each("GET", path)]
-
     async def purge(self) -> None:
-        await self._each("POST", PURGE_PATH)
-
-    async def push_health(self, reports: dict[str, HealthReport]) -> None:
-        await self._each("PUT", HEALTH_PATH, encode_health(reports))
+        try:
+            await self.call("POST", PURGE_PATH)
+        except PeerUnavailable:
+            try:
+                purge_unowned(self.journal.path)
+            except JournalInUse:
+                raise PeerUnavailable(f"{self.journal.path}: running, not answering") from None
+            except OSError as error:
+                raise PeerUnavailable(str(error)) from error
 
     async def close(self) -> None:
-        for session in self._sessions:
-            await session.close()
+        self.journal.close()
+        await self._session.close()
+
+
+class Peers:
+    """The other replicas of this host's cluster."""
+
+    def __init__(self, peers: Sequence[tuple[str, str]], timeout: float = 2.0) -> None:
+        self._peers = [Peer(control, journal, timeout) for control, journal in peers]
+
+    def totals(self, from_ms: int | None, to_ms: int | None) -> Summary:
+        """What every peer's journal says it confirmed in the window, and holds pending."""
+        totals: Summary = {}
+        for peer in self._peers:
+            try:
+                peer.journal.read()
+            except OSError as error:
+                raise PeerUnavailable(f"{peer.journal.path}: {error}") from error
+            for name, part in peer.journal.totals(from_ms, to_ms).items():
+                totals[name] = totals.get(name, Totals()) + part
+        return totals
+
+    async def purge(self) -> None:
+        await _on_every_peer(peer.purge() for peer in self._peers)
+
+    async def push_health(self, reports: dict[str, HealthReport]) -> None:
+        body = encode_health(reports)
+        await _on_every_peer(peer.call("PUT", HEALTH_PATH, body) for peer in self._peers)
+
+    async def close(self) -> None:
+        for peer in self._peers:
+            await peer.close()
 
 
 async def poll_health(

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from urllib.parse import quote
 
 from rinha.ledger import STORE_SCHEMES
 
@@ -30,7 +32,7 @@ class ServiceConfig:
     port: int | None
     unix: str | None
     control: str | None
-    peers: tuple[str, ...]
+    peers: tuple[tuple[str, str], ...]  # each peer's control socket and journal
     poll_health: bool
     ledger_url: str | None
     journal: str | None
@@ -72,10 +74,12 @@ def add_service_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--peer",
-        metavar="PATH",
+        nargs=2,
+        metavar=("CONTROL", "JOURNAL"),
         action="append",
         default=[],
-        help="control socket of another replica; repeat for each (cluster mode)",
+        help="another replica on this host: its control socket and its journal, which "
+        "summaries read; repeat for each (cluster mode)",
     )
     parser.add_argument(
         "--no-health-poll",
@@ -83,11 +87,17 @@ def add_service_options(parser: argparse.ArgumentParser) -> None:
         help="do not call the processors' health endpoint: another replica polls it and "
         "pushes its reports here",
     )
-    parser.add_argument(
+    journal = parser.add_mutually_exclusive_group()
+    journal.add_argument(
         "--journal",
         metavar="PATH",
-        help="append-only file that keeps accepted and confirmed payments across a crash; "
-        "without it a crash loses what the replica held",
+        help="append-only file that keeps accepted and confirmed payments across a crash "
+        "(default: journal-PORT in $XDG_STATE_HOME/rinha, or ~/.local/state/rinha)",
+    )
+    journal.add_argument(
+        "--no-journal",
+        action="store_true",
+        help="keep nothing on disk: a crash loses every payment the replica held",
     )
     parser.add_argument(
         "--journal-fsync",
@@ -171,15 +181,18 @@ def service_config(args: argparse.Namespace, environ: Mapping[str, str]) -> Serv
     ledger_url = environ.get("RINHA_LEDGER") or None
     if ledger_url is not None and not ledger_url.startswith(STORE_SCHEMES):
         raise ValueError(f"RINHA_LEDGER must be empty or a mongodb:// URL, not {ledger_url!r}")
+    journal = None if args.no_journal else args.journal or default_journal(args, environ)
+    if args.peer and journal is None:
+        raise ValueError("--peer needs this replica's journal: its peers read it")
     return ServiceConfig(
         host=args.host,
         port=args.port or None,
         unix=args.unix,
         control=args.control,
-        peers=tuple(args.peer),
+        peers=tuple((control, peer_journal) for control, peer_journal in args.peer),
         poll_health=not args.no_health_poll,
         ledger_url=ledger_url,
-        journal=args.journal,
+        journal=journal,
         journal_fsync=args.journal_fsync,
         processor_urls={
             "default": environ.get(
@@ -202,3 +215,17 @@ def service_config(args: argparse.Namespace, environ: Mapping[str, str]) -> Serv
             stamp_ahead_ms=args.stamp_ahead_ms,
         ),
     )
+
+
+def default_journal(args: argparse.Namespace, environ: Mapping[str, str]) -> str:
+    """Where a replica keeps its journal unless told: the user's state directory, one file
+    per public address, so that the same command started again finds it."""
+    home = environ.get("HOME") or os.path.expanduser("~")
+    state = environ.get("XDG_STATE_HOME") or os.path.join(home, ".local", "state")
+    if args.port:
+        address = str(args.port)
+    elif args.unix:
+        address = quote(os.path.abspath(args.unix), safe="")
+    else:
+        raise ValueError("nothing to listen on: give --port or --unix")
+    return os.path.join(state, "rinha", f"journal-{address}")

@@ -10,7 +10,9 @@ Rules (SPEC.md §3, §4), each one enforced here:
   only says "stored": the next lookup says how). It is released to go elsewhere only when the
   lookup says "not stored" and `settle_after` seconds have passed since the last unknown
   attempt, longer than a processor can hold a request.
-- A payment is never dropped: it is pending, and counted as such, until recorded.
+- A payment is never dropped: it is pending, and counted as such, until recorded or purged.
+  A purge forgets every pending payment, waiting or in flight: a delivery under way stops
+  at its next step, sends nothing more and records nothing.
 - From the moment an attempt may leave until an answer says otherwise, the payment counts as
   unsettled on that processor. Should anything unforeseen fail on the way (the journal's
   disk, say), its delivery logs it and, after a pause, takes the same payment up again from
@@ -152,6 +154,14 @@ class Dispatcher:
             self._schedule_soon()
         return True
 
+    def purge(self) -> None:
+        self._waiting.clear()
+        for payments in self._on.values():
+            for payment in payments:
+                payment.forgotten = True
+        self.pending_count = 0
+        self.pending_cents = 0
+
     def apply_health(self, name: str, report: HealthReport) -> None:
         self.health[name].report(report.failing, report.min_response_ms, self._loop.time())
         self._schedule_soon()
@@ -253,6 +263,8 @@ class Dispatcher:
         finally:
             del self._on[name][payment]
             self._schedule_soon()
+        if payment.forgotten:
+            return
         if recorded:
             self.pending_count -= 1
             self.pending_cents -= payment.cents
@@ -261,7 +273,7 @@ class Dispatcher:
 
     async def _carry(self, payment: Payment, name: str, probe: bool) -> bool:
         fresh = payment.unsettled_on is None
-        while True:
+        while not payment.forgotten:
             try:
                 if fresh:
                     fresh = False
@@ -274,6 +286,7 @@ class Dispatcher:
                 await asyncio.sleep(_AFTER_ERROR)
                 if payment.unsettled_on is None:
                     return False  # no attempt may have left: route it again
+        return False
 
     async def _attempt(self, payment: Payment, name: str, probe: bool) -> bool | None:
         """One fresh attempt on `name`: True when recorded, False when known not stored,
@@ -289,6 +302,8 @@ class Dispatcher:
         finally:
             if probe:
                 health.end_probe()
+        if payment.forgotten:
+            return False
         if outcome is Outcome.CONFIRMED:
             self._record(payment, name, requested_at, payment.cents)
             health.confirmed(self._loop.time())
@@ -315,8 +330,10 @@ class Dispatcher:
         client = self._clients[name]
         body = payment.body(format_ms(payment.requested_at_ms))
         backoff = _FIRST_BACKOFF
-        while True:
+        while not payment.forgotten:
             stored = await client.lookup(payment.correlation_id)
+            if payment.forgotten:
+                break
             if isinstance(stored, StoredPayment):
                 self._record(payment, name, stored.requested_at_ms, stored.cents)
                 return True
@@ -328,6 +345,8 @@ class Dispatcher:
                 payment.unsettled_on = None
                 return False
             outcome = await client.send(body)
+            if payment.forgotten:
+                break
             if outcome is Outcome.CONFIRMED:
                 self._record(payment, name, payment.requested_at_ms, payment.cents)
                 return True
@@ -339,12 +358,15 @@ class Dispatcher:
                 self.health[name].refused(self._loop.time())
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, _MAX_BACKOFF)
+        return False
 
     async def _record_stored(self, payment: Payment, name: str) -> bool:
         """A 422 on a fresh attempt: record the stored payment as the processor has it."""
         backoff = _FIRST_BACKOFF
-        while True:
+        while not payment.forgotten:
             stored = await self._clients[name].lookup(payment.correlation_id)
+            if payment.forgotten:
+                break
             if isinstance(stored, StoredPayment):
                 self._record(payment, name, stored.requested_at_ms, stored.cents)
                 return True
@@ -354,6 +376,7 @@ class Dispatcher:
                 return False
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, _MAX_BACKOFF)
+        return False
 
     def _record(self, payment: Payment, name: str, requested_at_ms: int, cents: int) -> None:
         """The processor proved it stored this payment with this requestedAt and amount."""

@@ -9,21 +9,31 @@ setting) also covers the machine losing power, at the price of a disk flush per 
     S <id> <processor> <requested_ms> sent: an attempt is under way with this requestedAt
     R <id>                            the last attempt is known not stored (refused, released)
     C <id> <processor> <requested_ms> <cents>   confirmed and recorded in the ledger
-    P                                 purged: confirmed payments and known ids are forgotten
+    P                                 purged: everything accepted before it is forgotten
 
 Recovery replays the lines: confirmed payments rebuild the ledger, accepted ones without a
 confirmation are pending again, and one whose last attempt is neither confirmed nor refused is
 settled on that processor with the same requestedAt before it may go anywhere else (it may
 have been stored). A torn last line is ignored: its fact was never acted on. Start-up rewrites
 the journal compacted to what recovery needs.
+
+The other replicas of a cluster read a journal too (`PeerJournal`): a summary adds up every
+replica's journal, so it needs no other replica to be alive. A running replica holds its
+journal's lock file; a purge that finds a replica down (the lock free) appends its `P` line
+itself, so the replica forgets the same payments whenever it starts again.
 """
 
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
-from dataclasses import dataclass, field
+import time
+from dataclasses import dataclass
+from typing import BinaryIO
 
+from rinha.ledger import Summary, Totals
+from rinha.ledger.embedded import EmbeddedLedger
 from rinha.payments import Payment
 
 
@@ -35,63 +45,204 @@ class Confirmed:
     cents: int
 
 
-@dataclass(slots=True)
-class Recovered:
-    confirmed: list[Confirmed] = field(default_factory=list)
-    pending: dict[str, Payment] = field(default_factory=dict)
-    known_ids: set[str] = field(default_factory=set)
+class JournalInUse(Exception):
+    """Another live process owns this journal."""
 
 
-def _apply(state: Recovered, attempts: dict[str, tuple[str, int]], words: list[str]) -> None:
-    kind = words[0]
-    if kind == "A" and len(words) == 3:
-        correlation_id = words[1]
-        state.known_ids.add(correlation_id)
-        state.pending.setdefault(correlation_id, Payment(correlation_id, int(words[2])))
-    elif kind == "S" and len(words) == 4:
-        attempts[words[1]] = (words[2], int(words[3]))
-    elif kind == "R" and len(words) == 2:
-        attempts.pop(words[1], None)
-    elif kind == "C" and len(words) == 5:
-        correlation_id = words[1]
+class _Replay:
+    """Takes a journal's lines in order; each subclass says what a fact means to it."""
+
+    def apply(self, words: list[str]) -> None:
+        kind = words[0]
+        if kind == "A" and len(words) == 3:
+            self.accepted(words[1], int(words[2]))
+        elif kind == "S" and len(words) == 4:
+            self.sent(words[1], words[2], int(words[3]))
+        elif kind == "R" and len(words) == 2:
+            self.not_stored(words[1])
+        elif kind == "C" and len(words) == 5:
+            self.confirmed(Confirmed(words[1], words[2], int(words[3]), int(words[4])))
+        elif kind == "P" and len(words) == 1:
+            self.purged()
+        else:
+            raise ValueError("not a journal line")
+
+    def apply_lines(self, text: str) -> None:
+        """Whole lines only; one that cannot be read is skipped."""
+        for line in text.splitlines():
+            try:
+                self.apply(line.split())
+            except (ValueError, IndexError):
+                continue
+
+    def accepted(self, correlation_id: str, cents: int) -> None:
+        pass
+
+    def sent(self, correlation_id: str, processor: str, requested_at_ms: int) -> None:
+        pass
+
+    def not_stored(self, correlation_id: str) -> None:
+        pass
+
+    def confirmed(self, entry: Confirmed) -> None:
+        pass
+
+    def purged(self) -> None:
+        pass
+
+
+class Recovered(_Replay):
+    """What a replica takes up again at start: its ledger, its pending payments (each with
+    its unsettled attempt, if any) and every id it ever accepted."""
+
+    def __init__(self) -> None:
+        self.confirmed_entries: list[Confirmed] = []
+        self.pending: dict[str, Payment] = {}
+        self.known_ids: set[str] = set()
+        self._attempts: dict[str, tuple[str, int]] = {}
+
+    def accepted(self, correlation_id: str, cents: int) -> None:
+        self.known_ids.add(correlation_id)
+        self.pending.setdefault(correlation_id, Payment(correlation_id, cents))
+
+    def sent(self, correlation_id: str, processor: str, requested_at_ms: int) -> None:
+        self._attempts[correlation_id] = (processor, requested_at_ms)
+
+    def not_stored(self, correlation_id: str) -> None:
+        self._attempts.pop(correlation_id, None)
+
+    def confirmed(self, entry: Confirmed) -> None:
         # A compacted journal keeps only this line for a confirmed payment: it is known too.
-        state.known_ids.add(correlation_id)
-        state.pending.pop(correlation_id, None)
-        attempts.pop(correlation_id, None)
-        state.confirmed.append(Confirmed(correlation_id, words[2], int(words[3]), int(words[4])))
-    elif kind == "P" and len(words) == 1:
-        state.confirmed.clear()
-        state.known_ids.clear()
-    else:
-        raise ValueError("not a journal line")
+        self.known_ids.add(entry.correlation_id)
+        self.pending.pop(entry.correlation_id, None)
+        self._attempts.pop(entry.correlation_id, None)
+        self.confirmed_entries.append(entry)
+
+    def purged(self) -> None:
+        # A purge forgets everything accepted before it, pending and in flight included.
+        self.confirmed_entries.clear()
+        self.pending.clear()
+        self.known_ids.clear()
+        self._attempts.clear()
+
+    def settle_unsettled(self) -> None:
+        """Mark each pending payment whose last attempt is unresolved to be settled there."""
+        for correlation_id, (processor, requested_at_ms) in self._attempts.items():
+            payment = self.pending.get(correlation_id)
+            if payment is not None:
+                payment.unsettled_on = processor
+                payment.requested_at_ms = requested_at_ms
 
 
 def read_journal(path: str) -> Recovered:
     state = Recovered()
-    attempts: dict[str, tuple[str, int]] = {}
     try:
-        with open(path, encoding="ascii", errors="replace") as lines:
-            for line in lines:
-                if not line.endswith("\n"):
-                    break  # torn by a crash mid-write
-                try:
-                    _apply(state, attempts, line.split())
-                except (ValueError, IndexError):
-                    continue
+        with open(path, encoding="ascii", errors="replace") as journal:
+            text = journal.read()
     except FileNotFoundError:
         return state
-    for correlation_id, (processor, requested_at_ms) in attempts.items():
-        payment = state.pending.get(correlation_id)
-        if payment is not None:
-            payment.unsettled_on = processor
-            payment.requested_at_ms = requested_at_ms
+    state.apply_lines(text[: text.rfind("\n") + 1])  # a torn last line was never acted on
+    state.settle_unsettled()
     return state
+
+
+class PeerJournal(_Replay):
+    """Another replica's journal, read up to its end whenever a summary needs that replica's
+    part: what it confirmed and what it holds pending. Its lines are written before they are
+    acted on, so this is exact even for a replica that was just killed."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._file: BinaryIO | None = None
+        self._inode = -1
+        self._offset = 0
+        self._rest = b""
+        self.purged()
+
+    def purged(self) -> None:
+        self._ledger = EmbeddedLedger()
+        self._pending: dict[str, int] = {}
+        self._pending_cents = 0
+
+    def accepted(self, correlation_id: str, cents: int) -> None:
+        if correlation_id not in self._pending:
+            self._pending[correlation_id] = cents
+            self._pending_cents += cents
+
+    def confirmed(self, entry: Confirmed) -> None:
+        self._pending_cents -= self._pending.pop(entry.correlation_id, 0)
+        self._ledger.record(
+            entry.correlation_id, entry.processor, entry.requested_at_ms, entry.cents
+        )
+
+    def read(self) -> None:
+        """Take in what the replica wrote since the last read. A journal replaced (its
+        replica restarted and compacted it) or cut back is read again from its start."""
+        try:
+            status = os.stat(self.path)
+        except FileNotFoundError:
+            return  # that replica has not started yet: it has nothing
+        if self._file is None or status.st_ino != self._inode or status.st_size < self._offset:
+            if self._file is not None:
+                self._file.close()
+            self._file = open(self.path, "rb")  # noqa: SIM115 (kept open between reads)
+            self._inode = os.fstat(self._file.fileno()).st_ino
+            self._offset = 0
+            self._rest = b""
+            self.purged()
+        data = self._rest + self._file.read()
+        self._offset += len(data) - len(self._rest)
+        end = data.rfind(b"\n") + 1
+        self._rest = data[end:]  # a line being written: the next read has the rest
+        self.apply_lines(data[:end].decode("ascii", errors="replace"))
+
+    def totals(self, from_ms: int | None, to_ms: int | None) -> Summary:
+        totals = self._ledger.totals(from_ms, to_ms)
+        totals["pending"] = Totals(len(self._pending), self._pending_cents)
+        return totals
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def _lock(path: str, wait: float) -> int:
+    """Hold `path`'s lock file, which its owner keeps for as long as it runs; JournalInUse if
+    another process still holds it after `wait` seconds."""
+    descriptor = os.open(path + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return descriptor
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                os.close(descriptor)
+                raise JournalInUse(f"journal {path} is in use by another process") from None
+            time.sleep(0.01)
+
+
+def purge_unowned(path: str) -> None:
+    """Append a purge to the journal of a replica that is not running (JournalInUse if it
+    is): it forgets everything on its next start, and summaries that read it at once."""
+    lock = _lock(path, wait=0)
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            if os.write(descriptor, b"P\n") != 2:
+                raise OSError(errno.ENOSPC, f"purge not written to {path}")
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+    finally:
+        os.close(lock)
 
 
 def _lines(state: Recovered) -> list[str]:
     lines = [
         f"C {c.correlation_id} {c.processor} {c.requested_at_ms} {c.cents}\n"
-        for c in state.confirmed
+        for c in state.confirmed_entries
     ]
     for payment in state.pending.values():
         lines.append(f"A {payment.correlation_id} {payment.cents}\n")
@@ -134,10 +285,15 @@ class Journal:
         self._path = path
         self._fsync = fsync
         self._fd = -1
+        self._lock = -1
         self._size = 0  # bytes in the file: where a short write is cut back to
 
     def recover(self) -> Recovered:
-        """Read what an earlier run left, rewrite it compacted, and open for appending."""
+        """Take the journal (JournalInUse if another process has it), read what an earlier
+        run left, rewrite it compacted, and open it for appending."""
+        os.makedirs(os.path.dirname(os.path.abspath(self._path)), exist_ok=True)
+        # A purge appending for a dead replica holds the lock for microseconds.
+        self._lock = _lock(self._path, wait=5.0)
         state = read_journal(self._path)
         compacted = self._path + ".compacting"
         with open(compacted, "w", encoding="ascii") as out:
@@ -179,6 +335,7 @@ class Journal:
         self._write(b"P\n")
 
     def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        for descriptor in (self._fd, self._lock):
+            if descriptor >= 0:
+                os.close(descriptor)
+        self._fd = self._lock = -1

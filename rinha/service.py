@@ -39,7 +39,8 @@ async def run_service(config: ServiceConfig) -> None:
         else Journal(config.journal, fsync=config.journal_fsync)
     )
     recovered = journal.recover()
-    for entry in recovered.confirmed:
+    log.info("journal: %s", config.journal or "none (a crash loses what this replica holds)")
+    for entry in recovered.confirmed_entries:
         ledger.record(entry.correlation_id, entry.processor, entry.requested_at_ms, entry.cents)
     dispatcher = Dispatcher(
         ledger,
@@ -50,10 +51,10 @@ async def run_service(config: ServiceConfig) -> None:
     )
     peers = Peers(config.peers) if config.peers else None
     dispatcher.restore(list(recovered.pending.values()))
-    if recovered.pending or recovered.confirmed:
+    if recovered.pending or recovered.confirmed_entries:
         log.info(
             "recovered %d confirmed and %d pending payments from %s",
-            len(recovered.confirmed),
+            len(recovered.confirmed_entries),
             len(recovered.pending),
             config.journal,
         )

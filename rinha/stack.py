@@ -174,13 +174,13 @@ def plan(options: StackOptions) -> list[Child]:
     sockets = [str(options.run_dir / f"replica-{i}.sock") for i in range(1, REPLICAS + 1)]
     controls = [str(options.run_dir / f"replica-{i}.control") for i in range(1, REPLICAS + 1)]
     env = {"PROCESSOR_DEFAULT_URL": urls["default"], "PROCESSOR_FALLBACK_URL": urls["fallback"]}
-    for index, (unix, control) in enumerate(zip(sockets, controls)):
-        journal = str(options.run_dir / f"replica-{index + 1}.journal")
+    journals = [str(options.run_dir / f"replica-{i}.journal") for i in range(1, REPLICAS + 1)]
+    for index, (unix, control, journal) in enumerate(zip(sockets, controls, journals)):
         command = [python, "-m", "rinha", "serve", "--port", "0", "--unix", unix]
         command += ["--control", control, "--journal", journal]
-        for peer in controls:
-            if peer != control:
-                command += ["--peer", peer]
+        for peer_control, peer_journal in zip(controls, journals):
+            if peer_control != control:
+                command += ["--peer", peer_control, peer_journal]
         if index:
             command.append("--no-health-poll")
         command += options.serve_options

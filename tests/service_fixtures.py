@@ -62,12 +62,14 @@ class Service:
 
 
 @pytest.fixture
-def service_factory(fresh_processors: Any) -> Iterator[Callable[..., Service]]:
-    """Start a service instance wired to the test processors, with extra CLI options."""
+def service_factory(fresh_processors: Any, tmp_path: Path) -> Iterator[Callable[..., Service]]:
+    """Start a service instance wired to the test processors, with extra CLI options. Its
+    default journal lives in this test's own state directory."""
     started: list[Service] = []
     env = {
         "PROCESSOR_DEFAULT_URL": fresh_processors.default.url,
         "PROCESSOR_FALLBACK_URL": fresh_processors.fallback.url,
+        "XDG_STATE_HOME": str(tmp_path / "state"),
     }
 
     def start(
@@ -93,6 +95,28 @@ def service_factory(fresh_processors: Any) -> Iterator[Callable[..., Service]]:
 @pytest.fixture
 def service(service_factory: Callable[..., Service]) -> Service:
     return service_factory()
+
+
+@pytest.fixture
+def cluster(service_factory: Callable[..., Service], tmp_path: Path) -> list[Service]:
+    """Three replicas wired as `python -m rinha up` wires them (control sockets, journals,
+    replica 1 polling health), each on a TCP port of its own and with no HAProxy in front."""
+    names = ["replica-1", "replica-2", "replica-3"]
+    paths = {
+        name: [str(tmp_path / f"{name}.control"), str(tmp_path / f"{name}.journal")]
+        for name in names
+    }
+    replicas = []
+    for index, name in enumerate(names):
+        control, journal = paths[name]
+        options = ["--control", control, "--journal", journal]
+        for other in names:
+            if other != name:
+                options += ["--peer", *paths[other]]
+        if index:
+            options.append("--no-health-poll")
+        replicas.append(service_factory(*options))
+    return replicas
 
 
 @dataclass

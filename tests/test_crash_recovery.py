@@ -5,6 +5,8 @@ finishes the pending ones without charging any twice."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -13,7 +15,7 @@ from typing import Any
 
 import aiohttp
 
-from tests.processes import call
+from tests.processes import call, free_port
 from tests.service_fixtures import Service
 
 
@@ -125,3 +127,36 @@ def test_purge_survives_a_crash(
     service.kill()
     service.restart()
     assert service.summary()["default"]["totalRequests"] == 0
+
+
+def test_serve_keeps_a_journal_by_default(
+    service_factory: Callable[..., Service], fresh_processors: Any
+) -> None:
+    # Started the documented way, with no --journal: what it answered 202 for survives.
+    fresh_processors.default.set_failure(True)
+    service = service_factory()
+    accepted = asyncio.run(pay_many(service.port, 20))
+    assert len(accepted) == 20
+    service.kill()
+    fresh_processors.default.set_failure(False)
+    service.restart()
+    assert_exact(service, fresh_processors)
+    assert processed(fresh_processors) == (20, 0)
+
+
+def test_a_second_process_on_the_same_journal_is_refused(
+    service_factory: Callable[..., Service], tmp_path: Path
+) -> None:
+    journal = str(tmp_path / "journal")
+    service = service_factory("--journal", journal)
+    assert service.pay().status == 202
+    second = subprocess.run(
+        [sys.executable, "-m", "rinha", "serve", "--port", str(free_port()), "--journal", journal],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert second.returncode == 1
+    assert "in use by another process" in second.stderr and "Traceback" not in second.stderr
+    assert service.wait_settled()["default"]["totalRequests"] == 1

@@ -150,7 +150,7 @@ def unix_exchange(socket_path: str, request: bytes) -> bytes:
 
 @pytest.mark.parametrize(
     ("method", "path"),
-    [("GET", "/control/purge"), ("POST", "/control/summary"), ("GET", "/control/health")],
+    [("GET", "/control/purge"), ("GET", "/control/health")],
 )
 def test_control_routes_refuse_another_method(
     service_factory: Callable[..., Service], tmp_path: Path, method: str, path: str

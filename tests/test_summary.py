@@ -3,8 +3,11 @@ requestedAt that was sent, amounts with two decimals (SPEC.md §2, §3)."""
 
 from __future__ import annotations
 
+import time
 import uuid
+from collections.abc import Callable
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from tests.processes import call
@@ -70,3 +73,36 @@ def test_purge_forgets_recorded_payments(service: Service) -> None:
     assert reply.status == 200
     summary = service.summary()
     assert summary["default"] == {"totalRequests": 0, "totalAmount": 0}
+
+
+def test_a_purge_forgets_payments_in_flight(
+    service_factory: Callable[..., Service], fresh_processors: Any, tmp_path: Path
+) -> None:
+    service = service_factory("--journal", str(tmp_path / "journal"))
+    fresh_processors.default.set_delay(1000)
+    for _ in range(20):
+        assert service.pay().status == 202
+    time.sleep(0.3)  # sent; the processor holds them for its delay
+    assert call(service.port, "POST", "/purge-payments").status == 200
+    forgotten = {"totalRequests": 0, "totalAmount": 0}
+    assert service.summary()["pending"] == forgotten
+    time.sleep(1.5)  # the calls in flight are answered 200: nothing is recorded for them
+    assert service.summary()["default"] == forgotten
+    service.kill()
+    service.restart()
+    time.sleep(0.5)
+    assert service.summary()["default"] == forgotten
+    assert service.summary()["pending"] == forgotten
+    assert fresh_processors.default.summary()["totalRequests"] == 20  # none sent again
+
+
+def test_a_purge_forgets_held_payments(service: Service, fresh_processors: Any) -> None:
+    fresh_processors.default.set_failure(True)
+    for _ in range(10):
+        assert service.pay().status == 202
+    assert call(service.port, "POST", "/purge-payments").status == 200
+    assert service.summary()["pending"]["totalRequests"] == 0
+    fresh_processors.default.set_failure(False)
+    time.sleep(1.0)
+    assert service.summary()["default"]["totalRequests"] == 0
+    assert fresh_processors.default.summary()["totalRequests"] == 0

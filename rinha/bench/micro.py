@@ -195,7 +195,8 @@ async def in_process(ops: int) -> list[tuple[str, float]]:
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def wait_listening(port: int, timeout: float = 10.0) -> None:
