@@ -4,6 +4,9 @@ Rules (SPEC.md §3, §4), each one enforced here:
 - A payment is recorded only after the processor proved it stored it, with exactly the
   processor and requestedAt that were sent.
 - A refused attempt (500, 429, connection refused) stored nothing: route again, maybe elsewhere.
+- A rejected attempt (another 4xx) stored nothing either, and tells about this payment, not
+  the processor's health: the payment waits 30 s aside, holding nothing back, then is routed
+  again.
 - An unknown attempt (timeout, reset) may have been stored. The payment stays on that
   processor, looking it up (`GET /payments/{id}`) and re-sending the identical body until one
   of them settles it: found means stored as the lookup shows it, a 200 stored as sent (a 422
@@ -66,6 +69,10 @@ _DRAIN_POLL = 0.05
 _CALL_OVERHEAD_MS = 5
 # A delivery that failed unexpectedly waits this long before trying that payment again.
 _AFTER_ERROR = 1.0
+# A payment a processor refused for good (a 4xx other than 422 and 429) waits this long
+# before it is routed again: long enough not to bother the processor, and a restart or a
+# processor that changed its mind takes it up.
+_AFTER_REJECTION = 30.0
 # Scheduling passes run at most once per this interval. Waking up costs far more CPU than the
 # work done once awake: the payments of one interval leave together, their answers come back
 # together, and the processors' work bunches the same way.
@@ -100,6 +107,8 @@ class Dispatcher:
         self._loop = asyncio.get_running_loop()
         self._next_send_at = self._loop.time()
         self._deliveries: set[asyncio.Task[None]] = set()
+        # Payments a processor refused for good, each with the timer that takes it back.
+        self._aside: dict[Payment, asyncio.TimerHandle] = {}
         self._running = False
         self._pass_due = False
         self._last_pass = -math.inf
@@ -122,6 +131,8 @@ class Dispatcher:
         self._running = False
         if self._timer is not None:
             self._timer.cancel()
+        for timer in self._aside.values():
+            timer.cancel()
         for delivery in self._deliveries:
             delivery.cancel()
         await asyncio.gather(*self._deliveries, return_exceptions=True)
@@ -156,6 +167,9 @@ class Dispatcher:
 
     def purge(self) -> None:
         self._waiting.clear()
+        for timer in self._aside.values():
+            timer.cancel()
+        self._aside.clear()
         for payments in self._on.values():
             for payment in payments:
                 payment.forgotten = True
@@ -259,38 +273,57 @@ class Dispatcher:
         """Carry `payment` on `name` until it is recorded or known not stored there; in the
         second case it waits again, first in line."""
         try:
-            recorded = await self._carry(payment, name, probe)
+            end = await self._carry(payment, name, probe)
         finally:
             del self._on[name][payment]
             self._schedule_soon()
         if payment.forgotten:
             return
-        if recorded:
+        if end is Outcome.CONFIRMED:
             self.pending_count -= 1
             self.pending_cents -= payment.cents
+        elif end is Outcome.REJECTED:
+            self._set_aside(payment)
         else:
             self._waiting.push_front(payment)  # fits: it is counted in pending_count
 
-    async def _carry(self, payment: Payment, name: str, probe: bool) -> bool:
+    async def _carry(self, payment: Payment, name: str, probe: bool) -> Outcome:
+        """CONFIRMED when recorded, REFUSED when known not stored, REJECTED when the processor
+        refused this payment for good."""
         fresh = payment.unsettled_on is None
         while not payment.forgotten:
             try:
                 if fresh:
                     fresh = False
-                    recorded = await self._attempt(payment, name, probe)
-                    if recorded is not None:
-                        return recorded
+                    end = await self._attempt(payment, name, probe)
+                    if end is not None:
+                        return end
                 return await self._settle(payment)
             except Exception:
                 log.exception("delivering %s failed; trying again", payment.correlation_id)
                 await asyncio.sleep(_AFTER_ERROR)
                 if payment.unsettled_on is None:
-                    return False  # no attempt may have left: route it again
-        return False
+                    return Outcome.REFUSED  # no attempt may have left: route it again
+        return Outcome.REFUSED
 
-    async def _attempt(self, payment: Payment, name: str, probe: bool) -> bool | None:
-        """One fresh attempt on `name`: True when recorded, False when known not stored,
-        None when unknown (to be settled on `name`)."""
+    def _set_aside(self, payment: Payment) -> None:
+        """A processor refused this one payment for good, which says nothing of its health:
+        the payment waits outside the line, holding nothing back, and is tried again later."""
+        log.warning(
+            "%s refused for good; trying it again in %.0f s",
+            payment.correlation_id,
+            _AFTER_REJECTION,
+        )
+        self._aside[payment] = self._loop.call_later(_AFTER_REJECTION, self._take_back, payment)
+
+    def _take_back(self, payment: Payment) -> None:
+        del self._aside[payment]
+        self._waiting.push(payment)  # fits: it is counted in pending_count
+        self._schedule_soon()
+
+    async def _attempt(self, payment: Payment, name: str, probe: bool) -> Outcome | None:
+        """One fresh attempt on `name`: how it ended (as `_carry`), None when unknown (to be
+        settled on `name`)."""
         health = self.health[name]
         try:
             requested_at = now_ms() + health.min_response_ms + self._settings.stamp_ahead_ms
@@ -303,23 +336,25 @@ class Dispatcher:
             if probe:
                 health.end_probe()
         if payment.forgotten:
-            return False
+            return Outcome.REFUSED
         if outcome is Outcome.CONFIRMED:
             self._record(payment, name, requested_at, payment.cents)
             health.confirmed(self._loop.time())
-            return True
+            return Outcome.CONFIRMED
         if outcome is Outcome.DUPLICATE:
             return await self._record_stored(payment, name)
-        if outcome is Outcome.REFUSED:
+        if outcome is Outcome.REFUSED or outcome is Outcome.REJECTED:
             self._journal.not_stored(payment)
             payment.unsettled_on = None
-            health.refused(self._loop.time())
-            return False
+            if outcome is Outcome.REFUSED:
+                health.refused(self._loop.time())
+            return outcome
         payment.unsettled_since = self._loop.time()
         return None
 
-    async def _settle(self, payment: Payment) -> bool:
-        """Resolve an unknown attempt; True when recorded, False when released unstored.
+    async def _settle(self, payment: Payment) -> Outcome:
+        """Resolve an unknown attempt: CONFIRMED when recorded, REFUSED when released
+        unstored.
 
         A 200 to the re-send stores it with the requestedAt sent; anything else is recorded
         as the lookup finds it. The lookup comes first because it is not delayed like a
@@ -336,20 +371,20 @@ class Dispatcher:
                 break
             if isinstance(stored, StoredPayment):
                 self._record(payment, name, stored.requested_at_ms, stored.cents)
-                return True
+                return Outcome.CONFIRMED
             settled_long_enough = (
                 self._loop.time() - payment.unsettled_since >= self._settings.settle_after
             )
             if stored is None and settled_long_enough:
                 self._journal.not_stored(payment)
                 payment.unsettled_on = None
-                return False
+                return Outcome.REFUSED
             outcome = await client.send(body)
             if payment.forgotten:
                 break
             if outcome is Outcome.CONFIRMED:
                 self._record(payment, name, payment.requested_at_ms, payment.cents)
-                return True
+                return Outcome.CONFIRMED
             # A 422 says the processor has a payment with this id, not with which requestedAt:
             # the next lookup records what it has.
             if outcome is Outcome.UNKNOWN:
@@ -358,9 +393,9 @@ class Dispatcher:
                 self.health[name].refused(self._loop.time())
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, _MAX_BACKOFF)
-        return False
+        return Outcome.REFUSED
 
-    async def _record_stored(self, payment: Payment, name: str) -> bool:
+    async def _record_stored(self, payment: Payment, name: str) -> Outcome:
         """A 422 on a fresh attempt: record the stored payment as the processor has it."""
         backoff = _FIRST_BACKOFF
         while not payment.forgotten:
@@ -369,14 +404,14 @@ class Dispatcher:
                 break
             if isinstance(stored, StoredPayment):
                 self._record(payment, name, stored.requested_at_ms, stored.cents)
-                return True
+                return Outcome.CONFIRMED
             if stored is None:
                 self._journal.not_stored(payment)
                 payment.unsettled_on = None
-                return False
+                return Outcome.REFUSED
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, _MAX_BACKOFF)
-        return False
+        return Outcome.REFUSED
 
     def _record(self, payment: Payment, name: str, requested_at_ms: int, cents: int) -> None:
         """The processor proved it stored this payment with this requestedAt and amount."""

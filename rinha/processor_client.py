@@ -1,9 +1,11 @@
 """The outbound side: one pooled aiohttp session per processor, answers mapped at one boundary.
 
 Every attempt ends in exactly one `Outcome`. Only CONFIRMED and DUPLICATE prove the processor
-stored the payment; REFUSED proves it did not (SPEC.md §3: a 500 stores nothing, a 429 comes
-from the limiter, a refused connection never reached it); UNKNOWN — a timeout, a reset, an
-answer we cannot read — may have gone either way and must be settled on the same processor.
+stored the payment; REFUSED proves it did not, and says the processor is not taking payments
+now (SPEC.md §3: a 500 stores nothing, a 429 comes from the limiter, a refused connection
+never reached it); REJECTED proves it did not either, but says nothing of the processor: it
+refused this one payment (another 4xx); UNKNOWN — a timeout, a reset, an answer we cannot
+read — may have gone either way and must be settled on the same processor.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ class Outcome(enum.Enum):
     CONFIRMED = "confirmed"
     DUPLICATE = "duplicate"
     REFUSED = "refused"
+    REJECTED = "rejected"
     UNKNOWN = "unknown"
 
 
@@ -39,15 +42,19 @@ class HealthReport:
     min_response_ms: int
 
 
-_BY_STATUS = {200: Outcome.CONFIRMED, 422: Outcome.DUPLICATE, 429: Outcome.REFUSED}
+_BY_STATUS = {
+    200: Outcome.CONFIRMED,
+    422: Outcome.DUPLICATE,
+    429: Outcome.REFUSED,
+    500: Outcome.REFUSED,  # the processor's "failing"
+}
 
 
 def _outcome_of(status: int) -> Outcome:
     if status in _BY_STATUS:
         return _BY_STATUS[status]
-    # 500 is the processor's "failing"; other 4xx mean it rejected the request unstored.
-    if status == 500 or 400 <= status < 500:
-        return Outcome.REFUSED
+    if 400 <= status < 500:
+        return Outcome.REJECTED
     return Outcome.UNKNOWN
 
 

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from tests.processes import free_port
+from tests.processes import call, free_port
 from tests.service_fixtures import Service
 
 
@@ -183,3 +183,27 @@ def test_unreachable_default_is_routed_around(
     assert summary["fallback"]["totalRequests"] == 5
     assert summary["default"]["totalRequests"] == 0
     assert counts(fresh_processors) == (0, 5)
+
+
+def test_a_payment_refused_for_good_holds_nothing_back(
+    service_factory: Callable[..., Service], fresh_processors: Any
+) -> None:
+    # A 400 for one payment says nothing of the default's health: the others still go there,
+    # none to the fallback, and the refused one stays visibly pending. Health reports come
+    # at the official pace, so a wrong "failing" would last until the next one.
+    poison = str(uuid.uuid4())
+    fresh_processors.default.refuse([poison])
+    service = service_factory("--max-hold", "0", "--health-interval", "5")
+    assert service.pay(poison).status == 202
+    for _ in range(30):
+        assert service.pay().status == 202
+        time.sleep(0.01)
+    deadline = time.monotonic() + 10
+    while (summary := service.summary())["default"]["totalRequests"] < 30:
+        assert time.monotonic() < deadline, summary
+        time.sleep(0.05)
+    assert summary["pending"]["totalRequests"] == 1
+    assert summary["fallback"]["totalRequests"] == 0
+    assert fresh_processors.fallback.summary()["totalRequests"] == 0
+    # Forgotten, so that stopping does not wait for it.
+    assert call(service.port, "POST", "/purge-payments").status == 200
