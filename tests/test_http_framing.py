@@ -3,6 +3,7 @@ pipelining, fragmentation, Connection: close, and malformed or oversized request
 
 from __future__ import annotations
 
+import asyncio
 import re
 import socket
 import uuid
@@ -10,7 +11,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import uvloop
 
+from rinha.http import HttpServer
+from tests.processes import free_port
 from tests.service_fixtures import Service
 
 
@@ -173,3 +177,21 @@ def test_a_request_that_does_not_arrive_whole_is_cut_off(service: Service) -> No
             received += chunk
     assert statuses(received) == [408]
     assert service.summary()["pending"]["totalRequests"] == 0
+
+
+def test_a_bug_of_ours_inside_a_parser_callback_is_a_500() -> None:
+    # The protocol runs in this process over a real socket, with a handler that breaks its
+    # contract (neither bytes nor a coroutine): the failure surfaces inside llhttp's
+    # on_message_complete, as HttpParserCallbackError, and is still ours, not the client's.
+    async def scenario() -> bytes:
+        server = HttpServer(lambda request: 42)  # type: ignore[arg-type, return-value]
+        port = free_port()
+        await server.listen_tcp("127.0.0.1", port)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        received = await asyncio.wait_for(reader.read(), 5)
+        writer.close()
+        await server.shutdown()
+        return received
+
+    assert statuses(uvloop.run(scenario())) == [500]
