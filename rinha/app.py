@@ -120,7 +120,7 @@ class App:
             totals = await self._ledger.summary(from_ms, to_ms)
             totals["pending"] = Totals(dispatcher.pending_count, dispatcher.pending_cents)
             if self._peers is not None:
-                for name, part in self._peers.totals(from_ms, to_ms).items():
+                for name, part in (await self._peers.totals(from_ms, to_ms)).items():
                     # A shared store already holds every replica's confirmed payments.
                     if name == "pending" or not self._ledger.shared:
                         totals[name] = totals[name] + part
@@ -131,16 +131,34 @@ class App:
         return response(200, render_summary(totals))
 
     async def _purge(self) -> bytes:
+        """Peers first, then this replica, which alone empties a shared store: a peer still
+        flushing what it confirmed before its purge would otherwise write it back."""
+        complete = True
         if self._peers is not None:
             try:
                 await self._peers.purge()
             except PeerUnavailable:
-                return PURGE_INCOMPLETE
-        return await self._local_purge()
+                complete = False
+        try:
+            self._forget()
+            if self._ledger.shared:
+                await self._ledger.purge()
+        except OSError:
+            return PURGE_INCOMPLETE
+        return PURGED if complete else PURGE_INCOMPLETE
 
-    async def _local_purge(self) -> bytes:
+    def _local_purge(self) -> bytes:
+        """A peer's purge: this replica forgets; the store, if shared, is the asker's."""
+        try:
+            self._forget()
+        except OSError:
+            return PURGE_INCOMPLETE
+        return PURGED
+
+    def _forget(self) -> None:
+        """Everything accepted before now, at once (no await): the journal first, so that
+        a restart forgets it too."""
         self._journal.purged()
         self._dispatcher.purge()
-        await self._ledger.purge()
+        self._ledger.forget()
         self._accepted.clear()
-        return PURGED

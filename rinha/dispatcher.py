@@ -6,7 +6,8 @@ Rules (SPEC.md §3, §4), each one enforced here:
 - A refused attempt (500, 429, connection refused) stored nothing: route again, maybe elsewhere.
 - A rejected attempt (another 4xx) stored nothing either, and tells about this payment, not
   the processor's health: the payment waits 30 s aside, holding nothing back, then is routed
-  again.
+  again. Only a processor that rejects two payments in a row, with no confirmation between,
+  counts as failing: it is rejecting everything.
 - An unknown attempt (timeout, reset) may have been stored. The payment stays on that
   processor, looking it up (`GET /payments/{id}`) and re-sending the identical body until one
   of them settles it: found means stored as the lookup shows it, a 200 stored as sent (a 422
@@ -14,8 +15,8 @@ Rules (SPEC.md §3, §4), each one enforced here:
   lookup says "not stored" and `settle_after` seconds have passed since the last unknown
   attempt, longer than a processor can hold a request.
 - A payment is never dropped: it is pending, and counted as such, until recorded or purged.
-  A purge forgets every pending payment, waiting or in flight: a delivery under way stops
-  at its next step, sends nothing more and records nothing.
+  A purge forgets every pending payment, waiting, set aside or in flight: deliveries under way
+  are cancelled where they wait, so they send nothing more and record nothing.
 - From the moment an attempt may leave until an answer says otherwise, the payment counts as
   unsettled on that processor. Should anything unforeseen fail on the way (the journal's
   disk, say), its delivery logs it and, after a pause, takes the same payment up again from
@@ -69,9 +70,9 @@ _DRAIN_POLL = 0.05
 _CALL_OVERHEAD_MS = 5
 # A delivery that failed unexpectedly waits this long before trying that payment again.
 _AFTER_ERROR = 1.0
-# A payment a processor refused for good (a 4xx other than 422 and 429) waits this long
-# before it is routed again: long enough not to bother the processor, and a restart or a
-# processor that changed its mind takes it up.
+# A payment a processor rejected (a 4xx other than 422 and 429) waits this long before it is
+# routed again: the same body is unlikely to fare better soon, and a restart takes it up at
+# once (its journal has it pending).
 _AFTER_REJECTION = 30.0
 # Scheduling passes run at most once per this interval. Waking up costs far more CPU than the
 # work done once awake: the payments of one interval leave together, their answers come back
@@ -107,7 +108,7 @@ class Dispatcher:
         self._loop = asyncio.get_running_loop()
         self._next_send_at = self._loop.time()
         self._deliveries: set[asyncio.Task[None]] = set()
-        # Payments a processor refused for good, each with the timer that takes it back.
+        # Payments a processor rejected, each with the timer that takes it back.
         self._aside: dict[Payment, asyncio.TimerHandle] = {}
         self._running = False
         self._pass_due = False
@@ -170,9 +171,13 @@ class Dispatcher:
         for timer in self._aside.values():
             timer.cancel()
         self._aside.clear()
-        for payments in self._on.values():
-            for payment in payments:
-                payment.forgotten = True
+        # A delivery cancelled before its first step never runs its own clean-up: its slot
+        # and probe are released here.
+        for delivery in self._deliveries:
+            delivery.cancel()
+        for name, payments in self._on.items():
+            payments.clear()
+            self.health[name].end_probe()
         self.pending_count = 0
         self.pending_cents = 0
 
@@ -275,10 +280,8 @@ class Dispatcher:
         try:
             end = await self._carry(payment, name, probe)
         finally:
-            del self._on[name][payment]
+            self._on[name].pop(payment, None)  # a purge may have released it already
             self._schedule_soon()
-        if payment.forgotten:
-            return
         if end is Outcome.CONFIRMED:
             self.pending_count -= 1
             self.pending_cents -= payment.cents
@@ -289,9 +292,9 @@ class Dispatcher:
 
     async def _carry(self, payment: Payment, name: str, probe: bool) -> Outcome:
         """CONFIRMED when recorded, REFUSED when known not stored, REJECTED when the processor
-        refused this payment for good."""
+        rejected this one payment."""
         fresh = payment.unsettled_on is None
-        while not payment.forgotten:
+        while True:
             try:
                 if fresh:
                     fresh = False
@@ -304,13 +307,12 @@ class Dispatcher:
                 await asyncio.sleep(_AFTER_ERROR)
                 if payment.unsettled_on is None:
                     return Outcome.REFUSED  # no attempt may have left: route it again
-        return Outcome.REFUSED
 
     def _set_aside(self, payment: Payment) -> None:
-        """A processor refused this one payment for good, which says nothing of its health:
-        the payment waits outside the line, holding nothing back, and is tried again later."""
+        """A processor rejected this one payment, which says nothing of its health: the
+        payment waits outside the line, holding nothing back, and is tried again later."""
         log.warning(
-            "%s refused for good; trying it again in %.0f s",
+            "%s rejected by the processor; trying it again in %.0f s",
             payment.correlation_id,
             _AFTER_REJECTION,
         )
@@ -335,14 +337,14 @@ class Dispatcher:
         finally:
             if probe:
                 health.end_probe()
-        if payment.forgotten:
-            return Outcome.REFUSED
         if outcome is Outcome.CONFIRMED:
             self._record(payment, name, requested_at, payment.cents)
             health.confirmed(self._loop.time())
             return Outcome.CONFIRMED
         if outcome is Outcome.DUPLICATE:
             return await self._record_stored(payment, name)
+        if outcome is Outcome.REJECTED and health.rejects_everything(payment.correlation_id):
+            outcome = Outcome.REFUSED  # a wrong URL or a proxy answering 4xx: fail over
         if outcome is Outcome.REFUSED or outcome is Outcome.REJECTED:
             self._journal.not_stored(payment)
             payment.unsettled_on = None
@@ -365,10 +367,8 @@ class Dispatcher:
         client = self._clients[name]
         body = payment.body(format_ms(payment.requested_at_ms))
         backoff = _FIRST_BACKOFF
-        while not payment.forgotten:
+        while True:
             stored = await client.lookup(payment.correlation_id)
-            if payment.forgotten:
-                break
             if isinstance(stored, StoredPayment):
                 self._record(payment, name, stored.requested_at_ms, stored.cents)
                 return Outcome.CONFIRMED
@@ -380,8 +380,6 @@ class Dispatcher:
                 payment.unsettled_on = None
                 return Outcome.REFUSED
             outcome = await client.send(body)
-            if payment.forgotten:
-                break
             if outcome is Outcome.CONFIRMED:
                 self._record(payment, name, payment.requested_at_ms, payment.cents)
                 return Outcome.CONFIRMED
@@ -393,15 +391,12 @@ class Dispatcher:
                 self.health[name].refused(self._loop.time())
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, _MAX_BACKOFF)
-        return Outcome.REFUSED
 
     async def _record_stored(self, payment: Payment, name: str) -> Outcome:
         """A 422 on a fresh attempt: record the stored payment as the processor has it."""
         backoff = _FIRST_BACKOFF
-        while not payment.forgotten:
+        while True:
             stored = await self._clients[name].lookup(payment.correlation_id)
-            if payment.forgotten:
-                break
             if isinstance(stored, StoredPayment):
                 self._record(payment, name, stored.requested_at_ms, stored.cents)
                 return Outcome.CONFIRMED
@@ -411,7 +406,6 @@ class Dispatcher:
                 return Outcome.REFUSED
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, _MAX_BACKOFF)
-        return Outcome.REFUSED
 
     def _record(self, payment: Payment, name: str, requested_at_ms: int, cents: int) -> None:
         """The processor proved it stored this payment with this requestedAt and amount."""

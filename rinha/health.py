@@ -13,6 +13,7 @@ from rinha.routing import ProcessorView
 class ProcessorHealth:
     __slots__ = (
         "_evidence_at",
+        "_last_rejected",
         "_probe_at",
         "_probe_gap",
         "failing",
@@ -27,6 +28,8 @@ class ProcessorHealth:
         self.probing = False
         self._probe_at = float("-inf")
         self._probe_gap = probe_gap
+        # The payment this processor rejected last, unless it confirmed one since.
+        self._last_rejected: str | None = None
 
     def report(self, failing: bool, min_response_ms: int, at: float) -> bool:
         """Apply a health report seen at `at`; True when it changed `failing`."""
@@ -37,7 +40,14 @@ class ProcessorHealth:
         return self._observe(True, at)
 
     def confirmed(self, at: float) -> bool:
+        self._last_rejected = None
         return self._observe(False, at)
+
+    def rejects_everything(self, correlation_id: str) -> bool:
+        """Note that this payment was rejected; True when another one was rejected last, with
+        no confirmation between: the processor, not a payment, is at fault."""
+        previous, self._last_rejected = self._last_rejected, correlation_id
+        return previous is not None and previous != correlation_id
 
     def _observe(self, failing: bool, at: float) -> bool:
         if at < self._evidence_at:

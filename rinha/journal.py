@@ -29,12 +29,16 @@ import errno
 import fcntl
 import os
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import BinaryIO
 
-from rinha.ledger import Summary, Totals
+from rinha.ledger import PROCESSORS, Summary, Totals
 from rinha.ledger.embedded import EmbeddedLedger
 from rinha.payments import Payment
+
+# A summary reads a peer's journal in pieces of this size, letting other work run between
+# them: a replica restarted late in a run has megabytes to read again.
+READ_CHUNK = 16384
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,20 +60,20 @@ class _Replay:
         kind = words[0]
         if kind == "A" and len(words) == 3:
             self.accepted(words[1], int(words[2]))
-        elif kind == "S" and len(words) == 4:
+        elif kind == "S" and len(words) == 4 and words[2] in PROCESSORS:
             self.sent(words[1], words[2], int(words[3]))
         elif kind == "R" and len(words) == 2:
             self.not_stored(words[1])
-        elif kind == "C" and len(words) == 5:
+        elif kind == "C" and len(words) == 5 and words[2] in PROCESSORS:
             self.confirmed(Confirmed(words[1], words[2], int(words[3]), int(words[4])))
         elif kind == "P" and len(words) == 1:
             self.purged()
         else:
             raise ValueError("not a journal line")
 
-    def apply_lines(self, text: str) -> None:
+    def apply_lines(self, lines: Iterable[str]) -> None:
         """Whole lines only; one that cannot be read is skipped."""
-        for line in text.splitlines():
+        for line in lines:
             try:
                 self.apply(line.split())
             except (ValueError, IndexError):
@@ -137,27 +141,30 @@ class Recovered(_Replay):
 def read_journal(path: str) -> Recovered:
     state = Recovered()
     try:
-        with open(path, encoding="ascii", errors="replace") as journal:
-            text = journal.read()
+        with open(path, encoding="ascii", errors="replace", newline="\n") as journal:
+            # A torn last line was never acted on.
+            state.apply_lines(line for line in journal if line.endswith("\n"))
     except FileNotFoundError:
         return state
-    state.apply_lines(text[: text.rfind("\n") + 1])  # a torn last line was never acted on
     state.settle_unsettled()
     return state
 
 
 class PeerJournal(_Replay):
     """Another replica's journal, read up to its end whenever a summary needs that replica's
-    part: what it confirmed and what it holds pending. Its lines are written before they are
-    acted on, so this is exact even for a replica that was just killed."""
+    part: what it confirmed (unless a shared store holds that) and what it holds pending. Its
+    lines are written before they are acted on, so this is exact even for a replica that was
+    just killed."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, keeps_ledger: bool) -> None:
         self.path = path
-        self._file: BinaryIO | None = None
+        self._keeps_ledger = keeps_ledger
+        # Kept open between reads: the open descriptor pins the inode, so a journal replaced
+        # by a restart can never reuse the number compared below.
+        self._fd = -1
         self._inode = -1
-        self._offset = 0
-        self._rest = b""
-        self.purged()
+        self._offset = 0  # just past the last whole line taken in
+        self.purged()  # starts empty, as after a purge
 
     def purged(self) -> None:
         self._ledger = EmbeddedLedger()
@@ -171,30 +178,38 @@ class PeerJournal(_Replay):
 
     def confirmed(self, entry: Confirmed) -> None:
         self._pending_cents -= self._pending.pop(entry.correlation_id, 0)
-        self._ledger.record(
-            entry.correlation_id, entry.processor, entry.requested_at_ms, entry.cents
-        )
+        if self._keeps_ledger:
+            self._ledger.record(
+                entry.correlation_id, entry.processor, entry.requested_at_ms, entry.cents
+            )
 
-    def read(self) -> None:
-        """Take in what the replica wrote since the last read. A journal replaced (its
-        replica restarted and compacted it) or cut back is read again from its start."""
+    def open_current(self) -> None:
+        """Make sure the file being read is the journal there now: one replaced (its replica
+        restarted and compacted it) or cut back is read again from its start."""
         try:
             status = os.stat(self.path)
         except FileNotFoundError:
             return  # that replica has not started yet: it has nothing
-        if self._file is None or status.st_ino != self._inode or status.st_size < self._offset:
-            if self._file is not None:
-                self._file.close()
-            self._file = open(self.path, "rb")  # noqa: SIM115 (kept open between reads)
-            self._inode = os.fstat(self._file.fileno()).st_ino
+        if self._fd < 0 or status.st_ino != self._inode or status.st_size < self._offset:
+            if self._fd >= 0:
+                os.close(self._fd)
+            self._fd = os.open(self.path, os.O_RDONLY)
+            self._inode = os.fstat(self._fd).st_ino
             self._offset = 0
-            self._rest = b""
             self.purged()
-        data = self._rest + self._file.read()
-        self._offset += len(data) - len(self._rest)
+
+    def read_chunk(self) -> bool:
+        """Take in the whole lines of up to READ_CHUNK bytes written since the last read;
+        True when more may follow. A line being written is left for the next read."""
+        if self._fd < 0:
+            return False
+        data = os.pread(self._fd, READ_CHUNK, self._offset)
         end = data.rfind(b"\n") + 1
-        self._rest = data[end:]  # a line being written: the next read has the rest
-        self.apply_lines(data[:end].decode("ascii", errors="replace"))
+        if not end and len(data) == READ_CHUNK:
+            end = len(data)  # no line is this long: an unreadable stretch, skipped
+        self._offset += end
+        self.apply_lines(data[:end].decode("ascii", errors="replace").split("\n"))
+        return len(data) == READ_CHUNK
 
     def totals(self, from_ms: int | None, to_ms: int | None) -> Summary:
         totals = self._ledger.totals(from_ms, to_ms)
@@ -202,9 +217,9 @@ class PeerJournal(_Replay):
         return totals
 
     def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
 
 def _lock(path: str, wait: float) -> int:
@@ -223,6 +238,15 @@ def _lock(path: str, wait: float) -> int:
             time.sleep(0.01)
 
 
+def is_owned(path: str) -> bool:
+    """True while a running replica holds this journal."""
+    try:
+        os.close(_lock(path, wait=0))
+    except JournalInUse:
+        return True
+    return False
+
+
 def purge_unowned(path: str) -> None:
     """Append a purge to the journal of a replica that is not running (JournalInUse if it
     is): it forgets everything on its next start, and summaries that read it at once."""
@@ -230,7 +254,8 @@ def purge_unowned(path: str) -> None:
     try:
         descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:
-            if os.write(descriptor, b"P\n") != 2:
+            # After a newline: a line torn by the replica's death must not swallow it.
+            if os.write(descriptor, b"\nP\n") != 3:
                 raise OSError(errno.ENOSPC, f"purge not written to {path}")
             os.fsync(descriptor)
         finally:

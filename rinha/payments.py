@@ -36,7 +36,6 @@ class Payment:
         "accepted_at",
         "cents",
         "correlation_id",
-        "forgotten",
         "requested_at_ms",
         "unsettled_on",
         "unsettled_since",
@@ -53,7 +52,6 @@ class Payment:
         self.unsettled_on: str | None = None
         self.unsettled_since = 0.0
         self.accepted_at = 0.0  # loop time, set when queued
-        self.forgotten = False  # purged while a delivery carried it: it records nothing
 
     def body(self, requested_at: str) -> bytes:
         """The processor's request body for an attempt stamped `requested_at`."""

@@ -49,7 +49,7 @@ async def run_service(config: ServiceConfig) -> None:
         config.dispatch,
         capacity=config.dispatch.buffer_capacity + len(recovered.pending),
     )
-    peers = Peers(config.peers) if config.peers else None
+    peers = Peers(config.peers, shared_ledger=ledger.shared) if config.peers else None
     dispatcher.restore(list(recovered.pending.values()))
     if recovered.pending or recovered.confirmed_entries:
         log.info(

@@ -90,15 +90,15 @@ class EmulatedProcessor:
         }
         return call(self.port, "POST", "/payments", payment)
 
-    def refuse(self, correlation_ids: list[str]) -> None:
-        """Answer 400 to these payments, for good (the emulator's own switch)."""
+    def reject(self, correlation_ids: list[str]) -> None:
+        """Answer 400 to these payments, whatever else (the emulator's own switch)."""
         body = {"correlationIds": correlation_ids}
-        assert self.admin("PUT", "/admin/configurations/refused-ids", body).status == 204
+        assert self.admin("PUT", "/admin/configurations/rejected-ids", body).status == 204
 
     def reset(self) -> None:
         self.set_delay(0)
         self.set_failure(False)
-        self.refuse([])
+        self.reject([])
         self.purge()
 
 

@@ -185,14 +185,14 @@ def test_unreachable_default_is_routed_around(
     assert counts(fresh_processors) == (0, 5)
 
 
-def test_a_payment_refused_for_good_holds_nothing_back(
+def test_a_rejected_payment_holds_nothing_back(
     service_factory: Callable[..., Service], fresh_processors: Any
 ) -> None:
     # A 400 for one payment says nothing of the default's health: the others still go there,
     # none to the fallback, and the refused one stays visibly pending. Health reports come
     # at the official pace, so a wrong "failing" would last until the next one.
     poison = str(uuid.uuid4())
-    fresh_processors.default.refuse([poison])
+    fresh_processors.default.reject([poison])
     service = service_factory("--max-hold", "0", "--health-interval", "5")
     assert service.pay(poison).status == 202
     for _ in range(30):
@@ -206,4 +206,22 @@ def test_a_payment_refused_for_good_holds_nothing_back(
     assert summary["fallback"]["totalRequests"] == 0
     assert fresh_processors.fallback.summary()["totalRequests"] == 0
     # Forgotten, so that stopping does not wait for it.
+    assert call(service.port, "POST", "/purge-payments").status == 200
+
+
+def test_a_processor_that_rejects_every_payment_is_failed_over(
+    service_factory: Callable[..., Service], fresh_processors: Any
+) -> None:
+    # Two payments rejected in a row, none confirmed between: the default is at fault, and
+    # payments fail over. The first is set aside before that is known, and so is the second,
+    # rejected again as the default's first probe.
+    ids = [str(uuid.uuid4()) for _ in range(10)]
+    fresh_processors.default.reject(ids)
+    service = service_factory("--max-hold", "0", "--health-interval", "5")
+    for correlation_id in ids:
+        assert service.pay(correlation_id).status == 202
+    deadline = time.monotonic() + 10
+    while (summary := service.summary())["fallback"]["totalRequests"] < 8:
+        assert time.monotonic() < deadline, summary
+        time.sleep(0.05)
     assert call(service.port, "POST", "/purge-payments").status == 200

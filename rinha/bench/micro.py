@@ -247,6 +247,7 @@ def loopback(seconds: int) -> list[tuple[str, float, str, str]]:
             "127.0.0.1",
             "--buffer-capacity",
             "10000000",
+            "--no-journal",  # like the baseline; nothing here will ever be delivered
             "--port",
         ],
         "aiohttp.web baseline": [sys.executable, "-m", "rinha.bench.baseline", "--port"],

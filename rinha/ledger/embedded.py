@@ -59,8 +59,11 @@ class EmbeddedLedger:
     async def summary(self, from_ms: int | None, to_ms: int | None) -> Summary:
         return self.totals(from_ms, to_ms)
 
-    async def purge(self) -> None:
+    def forget(self) -> None:
         self._series = {name: _Series() for name in PROCESSORS}
+
+    async def purge(self) -> None:
+        self.forget()
 
     async def close(self) -> None:
         pass

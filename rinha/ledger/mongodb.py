@@ -74,6 +74,8 @@ class MongoLedger:
         self._payments = self._client.get_default_database(DATABASE)[COLLECTION]
         self._unwritten: list[Document] = []
         self._has_unwritten = asyncio.Event()
+        # Counts forgets: a batch taken before one is not put back when its write fails.
+        self._forgets = 0
         # Held by one write attempt or one purge: a purge never races a batch in flight.
         self._writing = asyncio.Lock()
         self._writer = asyncio.get_running_loop().create_task(self._write_forever())
@@ -114,11 +116,16 @@ class MongoLedger:
                 totals[row["_id"]] = Totals(row["count"], row["cents"])
         return totals
 
+    def forget(self) -> None:
+        self._unwritten.clear()
+        self._has_unwritten.clear()
+        self._forgets += 1
+
     async def purge(self) -> None:
-        """Delete every payment, stored or not yet written."""
+        """Delete every payment, stored or not yet written. A batch being written finishes
+        first and is deleted with the rest; what is recorded after the call is kept."""
+        self.forget()
         async with self._writing:
-            self._unwritten.clear()
-            self._has_unwritten.clear()
             try:
                 await self._payments.delete_many({})
             except PyMongoError as error:
@@ -157,6 +164,7 @@ class MongoLedger:
     async def _write_once(self) -> bool:
         """Write the oldest unwritten documents; True when all of those are stored now."""
         async with self._writing:
+            forgets = self._forgets
             batch = self._unwritten[:BATCH_LIMIT]
             del self._unwritten[:BATCH_LIMIT]
             if not self._unwritten:
@@ -172,9 +180,10 @@ class MongoLedger:
                 failed = batch
                 log.warning("ledger write of %d payments failed: %s", len(batch), error)
             except asyncio.CancelledError:
-                self._unwritten[:0] = batch
+                if forgets == self._forgets:
+                    self._unwritten[:0] = batch
                 raise
-            if failed:
+            if failed and forgets == self._forgets:
                 self._unwritten[:0] = failed
                 self._has_unwritten.set()
             return not failed

@@ -10,7 +10,7 @@ delay and a free slot the answer is computed inline, without a task.
 
 Admin routes check `X-Rinha-Token` once the route and method are known (404 and 405 come
 first, as the official endpoint filter runs only on a matched endpoint). One admin route is the
-emulator's own, for tests of a poison payment: `PUT /admin/configurations/refused-ids` names
+emulator's own, for tests of a poison payment: `PUT /admin/configurations/rejected-ids` names
 payments that are answered 400 at once, stored never, whatever the processor's health.
 """
 
@@ -37,7 +37,7 @@ from rinha.processor.store import PaymentStore, ProcessedPayment
 PAYMENT_PROCESSED = response(200, b'{"message":"payment processed successfully"}')
 PAYMENT_FAILED = response(500)  # the official failure answer has no body
 TOO_MANY_PAYMENTS = response(429, b'{"error":"too many payments in progress"}')
-REFUSED_FOR_GOOD = response(400, b'{"error":"this payment is refused"}')
+PAYMENT_REJECTED = response(400, b'{"error":"this payment is rejected"}')
 NOT_FOUND = response(404)
 UNAUTHORIZED = response(401)
 NO_CONTENT = response(204)
@@ -71,8 +71,8 @@ class Processor:
         self.token = options.token.encode()
         self.delay_ms = 0
         self.failing = False
-        # Payments this processor refuses for good, whatever its health: a poison payment.
-        self.refused_ids: frozenset[str] = frozenset()
+        # Payments this processor rejects, whatever its health: poison payments, for tests.
+        self.rejected_ids: frozenset[str] = frozenset()
         self.payments = PaymentStore()
         self.slots = PaymentSlots(options.max_in_flight, options.max_queued)
         self.health = HealthWindow(options.rate_limit_seconds)
@@ -103,8 +103,8 @@ class Processor:
 
     def post_payment(self, request: Request) -> Answer:
         payment = _read_payment(request)
-        if payment.correlation_id in self.refused_ids:
-            return REFUSED_FOR_GOOD
+        if payment.correlation_id in self.rejected_ids:
+            return PAYMENT_REJECTED
         if self.slots.try_acquire():
             if self.delay_ms <= 0:
                 try:
@@ -216,11 +216,11 @@ class Processor:
         was, self.failing = self.failing, failure
         return response(200, orjson.dumps({"config": "failure", "was": was, "is": failure}))
 
-    def put_refused_ids(self, request: Request) -> Answer:
+    def put_rejected_ids(self, request: Request) -> Answer:
         ids = _read_json(request).get("correlationIds")
         if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
             raise RequestError(400, "correlationIds must be a list of strings")
-        self.refused_ids = frozenset(i.lower() for i in ids)
+        self.rejected_ids = frozenset(i.lower() for i in ids)
         return NO_CONTENT
 
     def get_health_calls(self, request: Request) -> Answer:
@@ -241,7 +241,7 @@ _ROUTES: dict[bytes, dict[bytes, Route]] = {
     b"/admin/configurations/token": {b"PUT": Processor.put_token},
     b"/admin/configurations/delay": {b"PUT": Processor.put_delay},
     b"/admin/configurations/failure": {b"PUT": Processor.put_failure},
-    b"/admin/configurations/refused-ids": {b"PUT": Processor.put_refused_ids},
+    b"/admin/configurations/rejected-ids": {b"PUT": Processor.put_rejected_ids},
     b"/admin/purge-payments": {b"POST": Processor.post_purge},
     b"/admin/health-calls": {b"GET": Processor.get_health_calls},
 }
