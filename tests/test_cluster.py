@@ -5,9 +5,13 @@ a dead one included."""
 
 from __future__ import annotations
 
+import os
 import time
+from pathlib import Path
 from typing import Any
 
+from rinha.journal import PeerJournal, purge_unowned, read_journal
+from rinha.ledger import Totals
 from tests.processes import call
 from tests.service_fixtures import Service
 
@@ -61,3 +65,36 @@ def test_a_purge_with_a_replica_down_reaches_it_when_it_starts(
         assert summary["default"]["totalRequests"] == 0
         assert summary["pending"]["totalRequests"] == 0
     assert fresh_processors.default.summary()["totalRequests"] == 30  # the five never left
+
+
+def read_all(journal: PeerJournal) -> None:
+    journal.open_current()
+    while journal.read_chunk():
+        pass
+
+
+def test_a_peer_journal_read_mid_line_survives_the_line_being_cut_back(tmp_path: Path) -> None:
+    # A full disk: the writer's line is written short, read as it is, then cut back and
+    # written whole in its place (rinha/journal.py, Journal._write).
+    path = tmp_path / "journal"
+    reader = PeerJournal(str(path), keeps_ledger=True)
+    path.write_bytes(b"A id-1 100\nC id-1 default 5")
+    read_all(reader)
+    os.truncate(path, len(b"A id-1 100\n"))
+    with open(path, "ab") as journal:
+        journal.write(b"C id-1 default 7 100\n")
+    read_all(reader)
+    totals = reader.totals(None, None)
+    assert totals["default"] == Totals(1, 100) and totals["pending"] == Totals()
+    assert reader.totals(7, 7)["default"] == Totals(1, 100)
+    reader.close()
+
+
+def test_a_purge_for_a_dead_replica_is_not_swallowed_by_its_torn_last_line(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "journal"
+    path.write_bytes(b"A id-1 100\nA id-2 200\nC id-1 defau")  # killed mid-write
+    purge_unowned(str(path))
+    recovered = read_journal(str(path))
+    assert recovered.pending == {} and recovered.known_ids == set()
