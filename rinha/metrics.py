@@ -227,7 +227,11 @@ class MetricsServer:
             return NOT_FOUND
         if request.method != b"GET":
             return METHOD_NOT_ALLOWED
-        return response(200, generate_latest(self._registry), content_type=_CONTENT_TYPE)
+        return response(200, self.render(), content_type=_CONTENT_TYPE)
+
+    def render(self) -> bytes:
+        """One scrape's text: it runs on the event loop, like any callback."""
+        return generate_latest(self._registry)
 
     async def listen(self, host: str, port: int) -> None:
         await self._server.listen_tcp(host, port)
