@@ -3,8 +3,9 @@
 HAProxy on the public port reaches three replicas over unix sockets (haproxy/haproxy.cfg);
 replica 1 polls the processors' health and pushes it to the others; each replica serves its
 metrics on a loopback port of its own, HAProxy its own beside its stats page; a replica that
-dies is started again and resumes from its journal. Unless processor URLs are given, two processor emulators run beside them with the fees of the chosen scenario. Children
-start in dependency order, each waited for until it answers, and stop in reverse order.
+dies is started again and resumes from its journal. Unless processor URLs are given, two
+processor emulators run beside them with the fees of the chosen scenario. Children start in
+dependency order, each waited for until it answers, and stop in reverse order.
 """
 
 from __future__ import annotations
