@@ -26,6 +26,8 @@ PEER_UNREADABLE = response(503, b'{"error":"a replica\'s journal cannot be read;
 PURGE_INCOMPLETE = response(503, b'{"error":"a running replica did not answer; purge again"}')
 JOURNAL_UNAVAILABLE = response(503, b'{"error":"cannot keep the payment now, retry later"}')
 LEDGER_UNAVAILABLE = response(503, b'{"error":"the ledger store did not answer; totals unknown"}')
+# Why a POST /payments was refused, as the metrics label it.
+REFUSAL_REASONS = ("bad_input", "buffer_full", "journal_unavailable")
 
 
 def bad_input(status: int, reason: str) -> bytes:
@@ -69,6 +71,9 @@ class App:
         self._journal = journal
         self._peers = peers
         self._accepted = accepted
+        # Read by the metrics at scrape time; plain ints, counted where the answer is chosen.
+        self.accepted_count = 0
+        self.refused_counts = dict.fromkeys(REFUSAL_REASONS, 0)
 
     def handle(self, request: Request) -> Answer:
         path, method = request.path, request.method
@@ -96,18 +101,22 @@ class App:
         try:
             payment = parse_payment(body)
         except BadInput as error:
+            self.refused_counts["bad_input"] += 1
             return bad_input(error.status, error.reason)
         if payment.correlation_id in self._accepted:
             return ACCEPTED
         if self._dispatcher.full:
+            self.refused_counts["buffer_full"] += 1
             return BUFFER_FULL
         # Journaled before it is queued or answered: a 202 is never lost to a crash.
         try:
             self._journal.accepted(payment)
         except OSError:
+            self.refused_counts["journal_unavailable"] += 1
             return JOURNAL_UNAVAILABLE
         self._dispatcher.submit(payment)
         self._accepted.add(payment.correlation_id)
+        self.accepted_count += 1
         return ACCEPTED
 
     async def _summary(self, query: bytes) -> bytes:

@@ -11,7 +11,7 @@ import uvloop
 
 from rinha.config import add_service_options, service_config
 from rinha.journal import JournalInUse
-from rinha.stack import add_up_options
+from rinha.stack import add_metrics_option, add_up_options
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
         "PROCESSOR_FALLBACK_URL are set, two processor emulators",
     )
     add_up_options(up)
+    add_metrics_option(up)
     up.add_argument(
         "serve_options",
         nargs=argparse.REMAINDER,
@@ -76,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         default_run_dir(),
         args.cgroups,
         tuple(serve_options),
+        args.metrics_ports,
     )
     try:
         return run_stack(options, plan(options))

@@ -32,6 +32,8 @@ class ServiceConfig:
     port: int | None
     unix: str | None
     control: str | None
+    metrics_host: str
+    metrics_port: int | None
     peers: tuple[tuple[str, str], ...]  # each peer's control socket and journal
     poll_health: bool
     ledger_url: str | None
@@ -71,6 +73,18 @@ def add_service_options(parser: argparse.ArgumentParser) -> None:
         "--control",
         metavar="PATH",
         help="unix socket where peer replicas reach this one's ledger (cluster mode)",
+    )
+    parser.add_argument(
+        "--metrics-port",
+        type=number(int, 1, 65535),
+        help="serve Prometheus metrics at /metrics on this TCP port, never on the public one "
+        "(default: none)",
+    )
+    parser.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        help="address of the metrics port: a scraper in another container needs 0.0.0.0 "
+        "(default %(default)s)",
     )
     parser.add_argument(
         "--peer",
@@ -189,6 +203,8 @@ def service_config(args: argparse.Namespace, environ: Mapping[str, str]) -> Serv
         port=args.port or None,
         unix=args.unix,
         control=args.control,
+        metrics_host=args.metrics_host,
+        metrics_port=args.metrics_port,
         peers=tuple((control, peer_journal) for control, peer_journal in args.peer),
         poll_health=not args.no_health_poll,
         ledger_url=ledger_url,

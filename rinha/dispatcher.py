@@ -85,6 +85,28 @@ _PACING_SLACK = _PASS_INTERVAL
 log = logging.getLogger("rinha")
 
 
+class ProcessorCounts:
+    """What the dispatcher did with one processor since start. Plain ints, counted where each
+    event already happens; the metrics read them at scrape time."""
+
+    __slots__ = (
+        "confirmed",
+        "confirmed_cents",
+        "health_reports",
+        "settled_not_stored",
+        "settled_stored",
+        "settling",
+    )
+
+    def __init__(self) -> None:
+        self.confirmed = 0
+        self.confirmed_cents = 0
+        self.health_reports = 0
+        self.settling = 0  # payments now being settled (a gauge)
+        self.settled_stored = 0
+        self.settled_not_stored = 0
+
+
 class Dispatcher:
     def __init__(
         self,
@@ -102,6 +124,7 @@ class Dispatcher:
         # Every pending payment that no delivery holds, oldest first.
         self._waiting: RingBuffer[Payment] = RingBuffer(capacity)
         self.health = {name: ProcessorHealth(settings.probe_gap) for name in clients}
+        self.counts = {name: ProcessorCounts() for name in clients}
         # The payments each processor holds a slot for, with when each started, oldest first.
         self._on: dict[str, dict[Payment, float]] = {name: {} for name in clients}
         self._send_interval = 1.0 / settings.max_send_rate
@@ -137,6 +160,16 @@ class Dispatcher:
         for delivery in self._deliveries:
             delivery.cancel()
         await asyncio.gather(*self._deliveries, return_exceptions=True)
+
+    @property
+    def held_count(self) -> int:
+        """Pending payments on no processor: held, waiting for a free slot or the rate, or
+        set aside after a rejection."""
+        return len(self._waiting) + len(self._aside)
+
+    def in_flight(self, name: str) -> int:
+        """Payments taking a slot on `name`, fresh or being settled."""
+        return len(self._on[name])
 
     @property
     def full(self) -> bool:
@@ -182,6 +215,7 @@ class Dispatcher:
         self.pending_cents = 0
 
     def apply_health(self, name: str, report: HealthReport) -> None:
+        self.counts[name].health_reports += 1
         self.health[name].report(report.failing, report.min_response_ms, self._loop.time())
         self._schedule_soon()
 
@@ -356,14 +390,27 @@ class Dispatcher:
 
     async def _settle(self, payment: Payment) -> Outcome:
         """Resolve an unknown attempt: CONFIRMED when recorded, REFUSED when released
-        unstored.
+        unstored."""
+        name = payment.unsettled_on
+        assert name is not None
+        counts = self.counts[name]
+        counts.settling += 1
+        try:
+            end = await self._settle_on(payment, name)
+        finally:
+            counts.settling -= 1
+        if end is Outcome.CONFIRMED:
+            counts.settled_stored += 1
+        else:
+            counts.settled_not_stored += 1
+        return end
 
-        A 200 to the re-send stores it with the requestedAt sent; anything else is recorded
+    async def _settle_on(self, payment: Payment, name: str) -> Outcome:
+        """A 200 to the re-send stores it with the requestedAt sent; anything else is recorded
         as the lookup finds it. The lookup comes first because it is not delayed like a
         payment; the re-send gets a lost attempt processed promptly.
         """
-        name = payment.unsettled_on
-        assert name is not None and payment.requested_at_ms is not None
+        assert payment.requested_at_ms is not None
         client = self._clients[name]
         body = payment.body(format_ms(payment.requested_at_ms))
         backoff = _FIRST_BACKOFF
@@ -412,3 +459,6 @@ class Dispatcher:
         self._journal.confirmed(payment, name, requested_at_ms, cents)
         self._ledger.record(payment.correlation_id, name, requested_at_ms, cents)
         payment.unsettled_on = None
+        counts = self.counts[name]
+        counts.confirmed += 1
+        counts.confirmed_cents += cents

@@ -281,6 +281,8 @@ def _lines(state: Recovered) -> list[str]:
 class NoJournal:
     """For a replica run without a journal: a crash loses what it held in memory."""
 
+    size = 0
+
     def recover(self) -> Recovered:
         return Recovered()
 
@@ -311,7 +313,7 @@ class Journal:
         self._fsync = fsync
         self._fd = -1
         self._lock = -1
-        self._size = 0  # bytes in the file: where a short write is cut back to
+        self.size = 0  # bytes in the file: where a short write is cut back to
 
     def recover(self) -> Recovered:
         """Take the journal (JournalInUse if another process has it), read what an earlier
@@ -327,7 +329,7 @@ class Journal:
             os.fsync(out.fileno())
         os.replace(compacted, self._path)
         self._fd = os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        self._size = os.fstat(self._fd).st_size
+        self.size = os.fstat(self._fd).st_size
         return state
 
     def _write(self, line: bytes) -> None:
@@ -335,9 +337,9 @@ class Journal:
         torn line is left for the next one to run into, and the fact is not acted on."""
         written = os.write(self._fd, line)
         if written != len(line):
-            os.ftruncate(self._fd, self._size)
+            os.ftruncate(self._fd, self.size)
             raise OSError(errno.ENOSPC, f"journal line written short ({written} of {len(line)})")
-        self._size += written
+        self.size += written
 
     def accepted(self, payment: Payment) -> None:
         self._write(b"A %s %d\n" % (payment.correlation_id.encode(), payment.cents))

@@ -66,6 +66,8 @@ class ProcessorClient:
         self._payments_url = URL(payments)
         self._health_url = URL(payments + "/service-health")
         self._lookup_base = payments + "/"
+        # Every payment sent, fresh or re-sent, by how it ended; read by the metrics.
+        self.attempts = dict.fromkeys(Outcome, 0)
         # Lean: one timeout for the session, no cookie jar, no decompression, no headers
         # beyond the ones the processors read; every call then skips that work. No connection
         # limit: the dispatcher bounds the payments on a processor, and a health call must
@@ -83,11 +85,13 @@ class ProcessorClient:
         try:
             async with self._session.post(self._payments_url, data=body) as answer:
                 await answer.read()
-                return _outcome_of(answer.status)
+                outcome = _outcome_of(answer.status)
         except aiohttp.ClientConnectorError:
-            return Outcome.REFUSED
+            outcome = Outcome.REFUSED
         except (TimeoutError, aiohttp.ClientError):
-            return Outcome.UNKNOWN
+            outcome = Outcome.UNKNOWN
+        self.attempts[outcome] += 1
+        return outcome
 
     async def lookup(self, correlation_id: str) -> StoredPayment | None | Outcome:
         """The stored payment, None when the processor has none, UNKNOWN when it cannot say."""

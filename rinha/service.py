@@ -86,6 +86,13 @@ async def run_service(config: ServiceConfig) -> None:
         await server.listen_tcp(config.host, config.port)
     if config.unix is not None:
         await server.listen_unix(config.unix)
+    metrics = None
+    if config.metrics_port is not None:
+        # Imported only when asked for: a replica without metrics loads none of it.
+        from rinha.metrics import MetricsServer
+
+        metrics = MetricsServer(app, dispatcher, clients, journal)
+        await metrics.listen(config.metrics_host, config.metrics_port)
 
     # Everything made at start-up lives as long as the process: keep it out of the
     # collector's full passes, whose pauses would land on some request's latency.
@@ -97,6 +104,8 @@ async def run_service(config: ServiceConfig) -> None:
         poller.cancel()
     await dispatcher.stop()
     await control.shutdown()
+    if metrics is not None:
+        await metrics.shutdown()
     if dispatcher.pending_count:
         log.warning("stopped with %d payments still pending", dispatcher.pending_count)
     for client in clients.values():

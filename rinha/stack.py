@@ -1,9 +1,11 @@
 """`python -m rinha up`: the whole stack on one machine, with no Docker and no database.
 
 HAProxy on the public port reaches three replicas over unix sockets (haproxy/haproxy.cfg);
-replica 1 polls the processors' health and pushes it to the others; a replica that dies is
-started again and resumes from its journal. Unless processor URLs are given, two processor emulators run beside them with the fees of the chosen scenario. Children
-start in dependency order, each waited for until it answers, and stop in reverse order.
+replica 1 polls the processors' health and pushes it to the others; each replica serves its
+metrics on a loopback port of its own, HAProxy its own beside its stats page; a replica that
+dies is started again and resumes from its journal. Unless processor URLs are given, two
+processor emulators run beside them with the fees of the chosen scenario. Children start in
+dependency order, each waited for until it answers, and stop in reverse order.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from pathlib import Path
 HAPROXY_CONFIG = Path(__file__).resolve().parent.parent / "haproxy" / "haproxy.cfg"
 FEES = {"final": ("0.07", "0.10"), "preview": ("0.05", "0.15")}
 REPLICAS = 3
+METRICS_PORTS = (9101, 9102, 9103)  # replica-1 … replica-3
 START_TIMEOUT = 20.0
 
 
@@ -68,6 +71,18 @@ def add_up_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_metrics_option(parser: argparse.ArgumentParser) -> None:
+    """Where `up`'s replicas serve their metrics (the floor stack's processes serve none)."""
+    parser.add_argument(
+        "--metrics-ports",
+        type=_replica_ports,
+        default=METRICS_PORTS,
+        metavar="PORT,PORT,PORT",
+        help="each replica's Prometheus metrics port, on 127.0.0.1 (default "
+        f"{','.join(map(str, METRICS_PORTS))})",
+    )
+
+
 def _cgroups(text: str) -> dict[str, tuple[str, ...]]:
     try:
         given = json.loads(text)
@@ -78,12 +93,23 @@ def _cgroups(text: str) -> dict[str, tuple[str, ...]]:
         ) from None
 
 
-def _port_pair(text: str) -> tuple[int, int]:
+def _ports(text: str, count: int, example: str) -> tuple[int, ...]:
     try:
-        default, fallback = (int(part) for part in text.split(","))
+        ports = tuple(int(part) for part in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError("expected two ports, e.g. 8001,8002") from None
+        ports = ()
+    if len(ports) != count:
+        raise argparse.ArgumentTypeError(f"expected {count} ports, e.g. {example}")
+    return ports
+
+
+def _port_pair(text: str) -> tuple[int, int]:
+    default, fallback = _ports(text, 2, "8001,8002")
     return default, fallback
+
+
+def _replica_ports(text: str) -> tuple[int, ...]:
+    return _ports(text, REPLICAS, ",".join(map(str, METRICS_PORTS)))
 
 
 def answers_http(address: int | str) -> bool:
@@ -156,6 +182,7 @@ class StackOptions:
     run_dir: Path
     cgroups: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # child name -> dirs
     serve_options: tuple[str, ...] = ()  # added to every replica's `serve` command
+    metrics_ports: tuple[int, ...] = ()  # one per replica; none: no metrics
 
 
 def plan(options: StackOptions) -> list[Child]:
@@ -183,6 +210,8 @@ def plan(options: StackOptions) -> list[Child]:
                 command += ["--peer", peer_control, peer_journal]
         if index:
             command.append("--no-health-poll")
+        if options.metrics_ports:
+            command += ["--metrics-port", str(options.metrics_ports[index])]
         command += options.serve_options
         name = f"replica-{index + 1}"
         children.append(Child(name, command, unix, env, options.cgroups.get(name, ())))
@@ -207,10 +236,14 @@ def describe(options: StackOptions, children: list[Child]) -> str:
     lines = [
         f"rinha is up on http://127.0.0.1:{options.port}",
         f"  haproxy stats   http://127.0.0.1:{options.stats_port}/",
+        f"  haproxy metrics http://127.0.0.1:{options.stats_port}/metrics",
     ]
-    for child in children:
-        if child.name.startswith("replica"):
-            lines.append(f"  {child.name:<15} {child.address}")
+    replicas = [child for child in children if child.name.startswith("replica")]
+    for index, child in enumerate(replicas):
+        line = f"  {child.name:<15} {child.address}"
+        if options.metrics_ports:
+            line += f" metrics http://127.0.0.1:{options.metrics_ports[index]}/metrics"
+        lines.append(line)
     if options.processor_urls is None:
         fee_default, fee_fallback = FEES[options.fees]
         port_default, port_fallback = options.processor_ports
@@ -244,7 +277,8 @@ def ports_in_use(ports: list[int]) -> list[int]:
 
 def run_stack(options: StackOptions, children: list[Child]) -> int:
     busy = ports_in_use(
-        [c.address for c in children if isinstance(c.address, int)] + [options.stats_port]
+        [c.address for c in children if isinstance(c.address, int)]
+        + [options.stats_port, *options.metrics_ports]
     )
     if busy:
         raise StackError(f"port {busy[0]} is already in use")

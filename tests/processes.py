@@ -54,16 +54,17 @@ def call(
 
 @dataclass
 class Process:
-    """A child process started with `python -m ...`, listening on `port`."""
+    """A child process listening on `port`: `program` (Python unless named) with `args`."""
 
     args: list[str]
     port: int
     env: dict[str, str] = field(default_factory=dict)
+    program: str = sys.executable
     popen: subprocess.Popen[bytes] | None = None
 
     def start(self, ready_path: str, timeout: float = 15.0) -> Process:
         self.popen = subprocess.Popen(
-            [sys.executable, *self.args], env={**os.environ, **self.env}, start_new_session=True
+            [self.program, *self.args], env={**os.environ, **self.env}, start_new_session=True
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -125,6 +126,7 @@ class Stack:
     port: int
     stats_port: int
     replicas: dict[str, str] = field(default_factory=dict)  # name -> unix socket
+    metrics_ports: dict[str, int] = field(default_factory=dict)  # replica name -> port
 
     def pay(self) -> int:
         return self.pay_id()[1]
@@ -189,13 +191,18 @@ def start_stack(processors: Any) -> Stack:
     }
     command = [sys.executable, "-m", "rinha", "up", "--port", str(port)]
     command += ["--stats-port", str(stats_port)]
+    command += ["--metrics-ports", ",".join(str(free_port()) for _ in range(3))]
     popen = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True)
     stack = Stack(popen, port, stats_port)
     assert popen.stdout is not None
     for line in popen.stdout:
         words = line.split()
         if words and words[0].startswith("replica-"):
+            # replica-N  SOCKET  metrics http://127.0.0.1:PORT/metrics
             stack.replicas[words[0]] = words[1]
+            metrics_port = urlsplit(words[3]).port
+            assert metrics_port is not None, line
+            stack.metrics_ports[words[0]] = metrics_port
         if line.startswith("Ctrl-C"):
             return stack
     raise RuntimeError(f"rinha up exited with {popen.wait()}")

@@ -33,6 +33,8 @@ def test_serve_help_lists_every_option() -> None:
         "--stamp-ahead-ms",
         "--processor-timeout",
         "--settle-after",
+        "--metrics-port",
+        "--metrics-host",
     ):
         assert option in result.stdout
 
@@ -45,6 +47,8 @@ def test_serve_help_lists_every_option() -> None:
         ("serve", "--port", "http"),
         ("up", "--fees", "cheap"),
         ("up", "--processor-ports", "8001"),
+        ("up", "--metrics-ports", "9101,9102"),
+        ("serve", "--metrics-port", "0"),
         ("nonsense",),
     ],
 )

@@ -27,7 +27,7 @@ import pytest
 from rinha.bench.limits import CONTEST_LIMITS
 from rinha.cli import build_parser
 from rinha.config import service_config
-from rinha.stack import Child, StackOptions, plan
+from rinha.stack import METRICS_PORTS, Child, StackOptions, plan
 
 yaml = pytest.importorskip("yaml", reason="PyYAML is not installed (pip install -e '.[test]')")
 
@@ -186,7 +186,9 @@ def native_replicas(monkeypatch: pytest.MonkeyPatch) -> list[Child]:
         "default": PROCESSOR_URLS["PROCESSOR_DEFAULT_URL"],
         "fallback": PROCESSOR_URLS["PROCESSOR_FALLBACK_URL"],
     }
-    options = StackOptions(9999, 9998, "final", (8001, 8002), urls, Path("/sockets"))
+    options = StackOptions(
+        9999, 9998, "final", (8001, 8002), urls, Path("/sockets"), metrics_ports=METRICS_PORTS
+    )
     children = [child for child in plan(options) if child.name.startswith("replica-")]
     assert [child.name for child in children] == ["replica-1", "replica-2", "replica-3"]
     return children

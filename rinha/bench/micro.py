@@ -33,6 +33,7 @@ from rinha.dispatcher import Dispatcher
 from rinha.http import HttpConnection, HttpServer
 from rinha.journal import Journal, NoJournal
 from rinha.ledger.embedded import EmbeddedLedger
+from rinha.metrics import MetricsServer
 from rinha.payments import parse_payment
 from rinha.processor_client import ProcessorClient
 from rinha.routing import ProcessorView, RoutingState, choose_route
@@ -185,6 +186,10 @@ async def in_process(ops: int) -> list[tuple[str, float]]:
         )
     )
 
+    app = App(dispatcher, ledger, NoJournal(), None, set())
+    metrics = MetricsServer(app, dispatcher, clients, NoJournal())
+    rows.append(("a metrics scrape (/metrics body)", per_op_ns(metrics.render, 200)))
+
     state = RoutingState(ProcessorView(True, False), ProcessorView(False, False), True, False)
     rows.append(("routing decision", per_op_ns(lambda: choose_route(state), ops)))
     for client in clients.values():
@@ -248,6 +253,9 @@ def loopback(seconds: int) -> list[tuple[str, float, str, str]]:
             "--buffer-capacity",
             "10000000",
             "--no-journal",  # like the baseline; nothing here will ever be delivered
+            # Served as `up` serves it, though nothing scrapes it here.
+            "--metrics-port",
+            str(free_port()),
             "--port",
         ],
         "aiohttp.web baseline": [sys.executable, "-m", "rinha.bench.baseline", "--port"],
