@@ -18,6 +18,14 @@ from tests.service_fixtures import Stack, start_stack, stop_stack, unix_get, wai
 from tests.test_audit import run_burst
 
 
+def assert_settled_as_the_processors_say(stack: Stack, processors: Any) -> None:
+    final = stack.wait_settled()
+    for name in ("default", "fallback"):
+        theirs = getattr(processors, name).summary()
+        assert final[name]["totalRequests"] == theirs["totalRequests"]
+        assert final[name]["totalAmount"] == theirs["totalAmount"]
+
+
 def test_payments_spread_over_every_replica(stack: Stack, fresh_processors: Any) -> None:
     before = stack.backend_sessions()
     for _ in range(60):
@@ -63,11 +71,7 @@ def test_audit_exact_through_haproxy_under_load_and_failures(
     accepted, differences, audits = asyncio.run(run_burst(stack, fresh_processors))  # type: ignore[arg-type]
     assert accepted > 0 and audits >= 5
     assert differences == []
-    final = stack.wait_settled()
-    for name in ("default", "fallback"):
-        theirs = getattr(fresh_processors, name).summary()
-        assert final[name]["totalRequests"] == theirs["totalRequests"]
-        assert final[name]["totalAmount"] == theirs["totalAmount"]
+    assert_settled_as_the_processors_say(stack, fresh_processors)
 
 
 def test_every_summary_stays_exact_while_a_replica_is_killed_mid_burst(
@@ -87,11 +91,7 @@ def test_every_summary_stays_exact_while_a_replica_is_killed_mid_burst(
     )
     assert accepted > 0 and audits >= 5
     assert differences == []
-    final = stack.wait_settled()
-    for name in ("default", "fallback"):
-        theirs = getattr(fresh_processors, name).summary()
-        assert final[name]["totalRequests"] == theirs["totalRequests"]
-        assert final[name]["totalAmount"] == theirs["totalAmount"]
+    assert_settled_as_the_processors_say(stack, fresh_processors)
 
 
 def test_purge_on_any_replica_purges_all(stack: Stack) -> None:
