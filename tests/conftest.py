@@ -11,7 +11,6 @@ The service's fixtures live in `tests/service_fixtures.py`, registered below.
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -32,13 +31,9 @@ PROCESSOR_HEALTH_WINDOW_SECONDS = 0.2
 def state_directory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """A replica started without --journal keeps one in the user's state directory: point
     every process the tests start at one of the session's own."""
-    previous = os.environ.get("XDG_STATE_HOME")
-    os.environ["XDG_STATE_HOME"] = str(tmp_path_factory.mktemp("state"))
-    yield
-    if previous is None:
-        del os.environ["XDG_STATE_HOME"]
-    else:
-        os.environ["XDG_STATE_HOME"] = previous
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_STATE_HOME", str(tmp_path_factory.mktemp("state")))
+        yield
 
 
 @dataclass
