@@ -1,11 +1,16 @@
 """The three public routes (SPEC.md §2), and the control routes peers use on a private socket.
 
+A replica is alone, one of a host's cluster (peers, rinha/cluster.py), or one of any number that
+share a store (rinha/store.py); the routes are the same.
+
 Public: anything else is 404; a known path with another method is 405. Bad input is answered
 with a 4xx and a short reason and changes nothing.
 """
 
 from __future__ import annotations
 
+import math
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl
 
 from rinha.clock import parse_us
@@ -15,6 +20,9 @@ from rinha.http import Answer, Request, response
 from rinha.journal import Journal, NoJournal
 from rinha.ledger import Ledger, LedgerUnavailable, Summary, Totals
 from rinha.payments import BadInput, format_cents, parse_payment
+
+if TYPE_CHECKING:  # the store's modules load pymongo: only a replica with a store needs them
+    from rinha.store import Store
 
 ACCEPTED = response(202)
 PURGED = response(200, b'{"message":"All payments purged."}')
@@ -63,13 +71,16 @@ class App:
         dispatcher: Dispatcher,
         ledger: Ledger,
         journal: Journal | NoJournal,
-        peers: Peers | None,
         accepted: set[str],
+        *,
+        peers: Peers | None = None,
+        store: Store | None = None,
     ) -> None:
         self._dispatcher = dispatcher
         self._ledger = ledger
         self._journal = journal
         self._peers = peers
+        self._store = store
         self._accepted = accepted
         # Read by the metrics at scrape time; plain ints, counted where the answer is chosen.
         self.accepted_count = 0
@@ -114,6 +125,8 @@ class App:
         except OSError:
             self.refused_counts["journal_unavailable"] += 1
             return JOURNAL_UNAVAILABLE
+        if self._store is not None:
+            self._store.claim(payment)
         self._dispatcher.submit(payment)
         self._accepted.add(payment.correlation_id)
         self.accepted_count += 1
@@ -126,13 +139,14 @@ class App:
             return bad_input(error.status, error.reason)
         dispatcher = self._dispatcher
         try:
-            totals = await self._ledger.summary(from_ms, to_ms)
-            totals["pending"] = Totals(dispatcher.pending_count, dispatcher.pending_cents)
+            if self._store is not None:
+                totals = await self._store.summary(from_ms, to_ms)
+            else:
+                totals = await self._ledger.summary(from_ms, to_ms)
+                totals["pending"] = Totals(dispatcher.pending_count, dispatcher.pending_cents)
             if self._peers is not None:
                 for name, part in (await self._peers.totals(from_ms, to_ms)).items():
-                    # A shared store already holds every replica's confirmed payments.
-                    if name == "pending" or not self._ledger.shared:
-                        totals[name] = totals[name] + part
+                    totals[name] = totals[name] + part
         except PeerUnavailable:
             return PEER_UNREADABLE
         except LedgerUnavailable:
@@ -140,8 +154,12 @@ class App:
         return response(200, render_summary(totals))
 
     async def _purge(self) -> bytes:
-        """Peers first, then this replica, which alone empties a shared store: a peer still
-        flushing what it confirmed before its purge would otherwise write it back."""
+        if self._store is not None:
+            try:
+                await self._store.purge()
+            except LedgerUnavailable:
+                return LEDGER_UNAVAILABLE
+            return PURGED
         complete = True
         if self._peers is not None:
             try:
@@ -150,14 +168,12 @@ class App:
                 complete = False
         try:
             self._forget()
-            if self._ledger.shared:
-                await self._ledger.purge()
         except OSError:
             return PURGE_INCOMPLETE
         return PURGED if complete else PURGE_INCOMPLETE
 
     def _local_purge(self) -> bytes:
-        """A peer's purge: this replica forgets; the store, if shared, is the asker's."""
+        """A peer's purge."""
         try:
             self._forget()
         except OSError:
@@ -168,6 +184,6 @@ class App:
         """Everything accepted before now, at once (no await): the journal first, so that
         a restart forgets it too."""
         self._journal.purged()
-        self._dispatcher.purge()
+        self._dispatcher.purge(math.inf)
         self._ledger.forget()
         self._accepted.clear()

@@ -7,9 +7,7 @@ peer is dead or restarting, with one bound: what a killed replica had sent and n
 back about may be stored by the processor meanwhile, and is counted once the replica, started
 again, settles it (about a second under `python -m rinha up`; an audit window ends 1.5–2 s
 before now). If a peer's journal cannot be read, the summary is an error, never a wrong
-figure. With a shared store (MongoDB) only pending payments come from the journals, and a peer
-that is not running makes the summary an error: its last confirmations may be in its journal
-and not yet in the store.
+figure. (Replicas with the ledger in MongoDB share the store instead: rinha/store.py.)
 
 A purge reaches every replica on its private control socket (outside the three public
 routes). A replica that is down (its journal's lock is free) gets the purge in its journal,
@@ -28,7 +26,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 import aiohttp
 import orjson
 
-from rinha.journal import JournalInUse, PeerJournal, is_owned, purge_unowned
+from rinha.journal import JournalInUse, PeerJournal, purge_unowned
 from rinha.ledger import Summary, Totals
 from rinha.processor_client import HealthReport, ProcessorClient
 
@@ -60,8 +58,8 @@ async def _on_every_peer(calls: Iterable[Awaitable[None]]) -> None:
 class Peer:
     """Another replica: its control socket and its journal."""
 
-    def __init__(self, control: str, journal: str, timeout: float, shared_ledger: bool) -> None:
-        self.journal = PeerJournal(journal, keeps_ledger=not shared_ledger)
+    def __init__(self, control: str, journal: str, timeout: float) -> None:
+        self.journal = PeerJournal(journal)
         self._session = aiohttp.ClientSession(
             connector=aiohttp.UnixConnector(path=control),
             timeout=aiohttp.ClientTimeout(total=timeout),
@@ -95,24 +93,14 @@ class Peer:
 class Peers:
     """The other replicas of this host's cluster."""
 
-    def __init__(
-        self, peers: Sequence[tuple[str, str]], *, shared_ledger: bool, timeout: float = 2.0
-    ) -> None:
-        self._shared_ledger = shared_ledger
-        self._peers = [
-            Peer(control, journal, timeout, shared_ledger) for control, journal in peers
-        ]
+    def __init__(self, peers: Sequence[tuple[str, str]], *, timeout: float = 2.0) -> None:
+        self._peers = [Peer(control, journal, timeout) for control, journal in peers]
 
     async def totals(self, from_ms: int | None, to_ms: int | None) -> Summary:
-        """What every peer's journal says it confirmed in the window (unless a shared store
-        holds that) and holds pending."""
+        """What every peer's journal says it confirmed in the window and holds pending."""
         totals: Summary = {}
         for peer in self._peers:
             journal = peer.journal
-            # A dead peer's last confirmations may be in its journal and not yet in the
-            # store, where nobody writes them until it starts again.
-            if self._shared_ledger and not is_owned(journal.path):
-                raise PeerUnavailable(f"{journal.path}: its replica is not running")
             try:
                 journal.open_current()
                 while journal.read_chunk():

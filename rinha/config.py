@@ -11,6 +11,8 @@ from urllib.parse import quote
 
 from rinha.ledger import STORE_SCHEMES
 
+DEFAULT_MAX_IN_FLIGHT = 260
+
 
 @dataclass(frozen=True, slots=True)
 class DispatchSettings:
@@ -128,9 +130,9 @@ def add_service_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-in-flight",
         type=number(int, 1),
-        default=260,
         help="payments on one processor at once, fresh or being settled; the processors take "
-        "800 from all replicas together (default %(default)s)",
+        "800 from all replicas together (default 260; with RINHA_LEDGER the store's leases "
+        "divide 780 among the live replicas)",
     )
     parser.add_argument(
         "--max-send-rate",
@@ -198,6 +200,21 @@ def service_config(args: argparse.Namespace, environ: Mapping[str, str]) -> Serv
     journal = None if args.no_journal else args.journal or default_journal(args, environ)
     if args.peer and journal is None:
         raise ValueError("--peer needs this replica's journal: its peers read it")
+    if ledger_url is not None:
+        given = [
+            option
+            for option, value in (
+                ("--peer", args.peer),
+                ("--control", args.control),
+                ("--no-health-poll", args.no_health_poll),
+                ("--max-in-flight", args.max_in_flight),
+            )
+            if value
+        ]
+        if given:
+            raise ValueError(
+                f"{given[0]} does not apply with RINHA_LEDGER: the replicas share the store"
+            )
     return ServiceConfig(
         host=args.host,
         port=args.port or None,
@@ -222,7 +239,7 @@ def service_config(args: argparse.Namespace, environ: Mapping[str, str]) -> Serv
         health_interval=args.health_interval,
         dispatch=DispatchSettings(
             buffer_capacity=args.buffer_capacity,
-            max_in_flight=args.max_in_flight,
+            max_in_flight=args.max_in_flight or DEFAULT_MAX_IN_FLIGHT,
             max_send_rate=args.max_send_rate,
             settle_after=args.settle_after,
             probe_gap=args.probe_gap,

@@ -127,12 +127,18 @@ class Dispatcher:
         self.counts = {name: ProcessorCounts() for name in clients}
         # The payments each processor holds a slot for, with when each started, oldest first.
         self._on: dict[str, dict[Payment, float]] = {name: {} for name in clients}
+        # Slots per processor, and the loop time until which attempts may leave: with a
+        # shared store, the store's leases set both (rinha/store.py).
+        self.max_in_flight = settings.max_in_flight
+        self.send_until = math.inf
         self._send_interval = 1.0 / settings.max_send_rate
         self._loop = asyncio.get_running_loop()
         self._next_send_at = self._loop.time()
-        self._deliveries: set[asyncio.Task[None]] = set()
+        self._deliveries: dict[asyncio.Task[None], Payment] = {}
         # Payments a processor rejected, each with the timer that takes it back.
         self._aside: dict[Payment, asyncio.TimerHandle] = {}
+        # Payments taken over from a dead replica, being looked up on both processors.
+        self._adopted: set[Payment] = set()
         self._running = False
         self._pass_due = False
         self._last_pass = -math.inf
@@ -162,10 +168,15 @@ class Dispatcher:
         await asyncio.gather(*self._deliveries, return_exceptions=True)
 
     @property
+    def room(self) -> int:
+        """Payments that may still be queued."""
+        return self._waiting.capacity - self.pending_count
+
+    @property
     def held_count(self) -> int:
-        """Pending payments on no processor: held, waiting for a free slot or the rate, or
-        set aside after a rejection."""
-        return len(self._waiting) + len(self._aside)
+        """Pending payments on no processor: held, waiting for a free slot or the rate, set
+        aside after a rejection, or taken over and being looked up."""
+        return len(self._waiting) + len(self._aside) + len(self._adopted)
 
     def in_flight(self, name: str) -> int:
         """Payments taking a slot on `name`, fresh or being settled."""
@@ -185,6 +196,31 @@ class Dispatcher:
             if not self.submit(payment):
                 raise ValueError("buffer capacity is below the payments to restore")
 
+    def adopt(self, payment: Payment) -> None:
+        """Take up a payment from a replica that died (room permitting): it may have sent it
+        to either processor, so it is only looked up on both, taking no slot, until
+        `settle_after` seconds from now, longer than any attempt it had under way can take;
+        found, it is recorded, else it waits in line as if accepted here."""
+        if self.full:
+            raise ValueError("no room for a payment taken over")
+        payment.anywhere_until = self._loop.time() + self._settings.settle_after
+        self.pending_count += 1
+        self.pending_cents += payment.cents
+        self._adopted.add(payment)
+        delivery = self._loop.create_task(self._deliver_adopted(payment))
+        self._deliveries[delivery] = payment
+        delivery.add_done_callback(self._deliveries.pop)
+
+    def allow(self, until: float, slots: int) -> None:
+        """Attempts may leave until loop time `until`, `slots` at once on each processor."""
+        self.send_until = until
+        self.max_in_flight = slots
+        self.wake()
+
+    def wake(self) -> None:
+        """Something outside the dispatcher changed what may be sent."""
+        self._schedule_soon()
+
     def submit(self, payment: Payment) -> bool:
         """Queue an accepted payment; False when the buffer is full."""
         if self.full:
@@ -199,20 +235,40 @@ class Dispatcher:
             self._schedule_soon()
         return True
 
-    def purge(self) -> None:
-        self._waiting.clear()
-        for timer in self._aside.values():
-            timer.cancel()
-        self._aside.clear()
+    def purge(self, up_to_ms: float) -> list[Payment]:
+        """Forget every pending payment accepted at or before `up_to_ms` (wall clock), waiting,
+        set aside or in flight; the payments that stay are returned."""
+        kept: list[Payment] = []
+        waiting = []
+        while (payment := self._waiting.pop()) is not None:
+            waiting.append(payment)
+        for payment in waiting:
+            if payment.accepted_ms > up_to_ms:
+                self._waiting.push(payment)
+                kept.append(payment)
+        for payment, timer in list(self._aside.items()):
+            if payment.accepted_ms > up_to_ms:
+                kept.append(payment)
+            else:
+                timer.cancel()
+                del self._aside[payment]
         # A delivery cancelled before its first step never runs its own clean-up: its slot
         # and probe are released here.
-        for delivery in self._deliveries:
-            delivery.cancel()
+        for delivery, payment in self._deliveries.items():
+            if payment.accepted_ms <= up_to_ms:
+                delivery.cancel()
         for name, payments in self._on.items():
-            payments.clear()
+            for payment in list(payments):
+                if payment.accepted_ms > up_to_ms:
+                    kept.append(payment)
+                else:
+                    del payments[payment]
             self.health[name].end_probe()
-        self.pending_count = 0
-        self.pending_cents = 0
+        self._adopted = {p for p in self._adopted if p.accepted_ms > up_to_ms}
+        kept.extend(self._adopted)
+        self.pending_count = len(kept)
+        self.pending_cents = sum(payment.cents for payment in kept)
+        return kept
 
     def apply_health(self, name: str, report: HealthReport) -> None:
         self.counts[name].health_reports += 1
@@ -239,7 +295,16 @@ class Dispatcher:
         if not self._running:
             return
         now = self._last_pass = self._loop.time()
+        if now >= self.send_until:
+            return  # the next lease renewal runs the pass
         while (payment := self._waiting.peek()) is not None:
+            if payment.owned is not True:
+                if payment.owned is None:
+                    return  # its claim is being stored; the claim's end runs the pass
+                self._waiting.pop()  # another replica received it first and sends it
+                self.pending_count -= 1
+                self.pending_cents -= payment.cents
+                continue
             if payment.unsettled_on is not None:
                 name = payment.unsettled_on  # it may be stored there: settle it there first
             else:
@@ -248,7 +313,7 @@ class Dispatcher:
                     self._wake_for_held(payment, now)
                     return
                 name = route.value
-            if len(self._on[name]) >= self._settings.max_in_flight:
+            if len(self._on[name]) >= self.max_in_flight:
                 return  # the delivery that frees a slot runs the next pass
             if self._next_send_at > now + _PACING_SLACK:
                 self._wake_at(self._next_send_at - _PACING_SLACK)
@@ -261,8 +326,8 @@ class Dispatcher:
             if probe:
                 health.start_probe(now)
             delivery = self._loop.create_task(self._deliver(payment, name, probe))
-            self._deliveries.add(delivery)
-            delivery.add_done_callback(self._deliveries.discard)
+            self._deliveries[delivery] = payment
+            delivery.add_done_callback(self._deliveries.pop)
 
     def _choose(self, payment: Payment, now: float) -> Route:
         default, fallback = self.health["default"], self.health["fallback"]
@@ -273,11 +338,11 @@ class Dispatcher:
         # health report, seconds before the next one says so.
         expected_ms: float = default.min_response_ms
         on_default = self._on["default"]
-        if len(on_default) >= self._settings.max_in_flight:
+        if len(on_default) >= self.max_in_flight:
             oldest = next(iter(on_default.values()))
             expected_ms = max(expected_ms, (now - oldest) * 1000)
         call_seconds = (expected_ms + _CALL_OVERHEAD_MS) / 1000
-        backlog = len(self._waiting) / self._settings.max_in_flight * call_seconds
+        backlog = len(self._waiting) / max(self.max_in_flight, 1) * call_seconds
         saturated = backlog > self._settings.spill_after
         state = RoutingState(default.view(now), fallback.view(now), held_enough, saturated)
         return choose_route(state)
@@ -426,16 +491,53 @@ class Dispatcher:
                 self._journal.not_stored(payment)
                 payment.unsettled_on = None
                 return Outcome.REFUSED
-            outcome = await client.send(body)
-            if outcome is Outcome.CONFIRMED:
-                self._record(payment, name, payment.requested_at_ms, payment.cents)
-                return Outcome.CONFIRMED
-            # A 422 says the processor has a payment with this id, not with which requestedAt:
-            # the next lookup records what it has.
-            if outcome is Outcome.UNKNOWN:
-                payment.unsettled_since = self._loop.time()
-            elif outcome is Outcome.REFUSED:
-                self.health[name].refused(self._loop.time())
+            # Past the lease, a replica taking this one over may send it: lookups only.
+            if self._loop.time() < self.send_until:
+                outcome = await client.send(body)
+                if outcome is Outcome.CONFIRMED:
+                    self._record(payment, name, payment.requested_at_ms, payment.cents)
+                    return Outcome.CONFIRMED
+                # A 422 says the processor has a payment with this id, not with which
+                # requestedAt: the next lookup records what it has.
+                if outcome is Outcome.UNKNOWN:
+                    payment.unsettled_since = self._loop.time()
+                elif outcome is Outcome.REFUSED:
+                    self.health[name].refused(self._loop.time())
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, _MAX_BACKOFF)
+
+    async def _deliver_adopted(self, payment: Payment) -> None:
+        while True:
+            try:
+                end = await self._settle_anywhere(payment)
+                break
+            except Exception:
+                log.exception("looking up %s failed; trying again", payment.correlation_id)
+                await asyncio.sleep(_AFTER_ERROR)
+        self._adopted.discard(payment)
+        if end is Outcome.CONFIRMED:
+            self.pending_count -= 1
+            self.pending_cents -= payment.cents
+        else:
+            self._waiting.push_front(payment)  # fits: it is counted in pending_count
+            self._schedule_soon()
+
+    async def _settle_anywhere(self, payment: Payment) -> Outcome:
+        """A payment taken over from a dead replica: CONFIRMED when either processor has it,
+        REFUSED (to be routed) once neither has it and the dead replica's last attempt is
+        over. From then on it is this replica's, journaled as accepted here."""
+        backoff = _FIRST_BACKOFF
+        while True:
+            unknown = False
+            for name, client in self._clients.items():
+                stored = await client.lookup(payment.correlation_id)
+                if isinstance(stored, StoredPayment):
+                    self._record(payment, name, stored.requested_at_ms, stored.cents)
+                    return Outcome.CONFIRMED
+                unknown = unknown or stored is not None
+            if not unknown and self._loop.time() >= payment.anywhere_until:
+                self._journal.accepted(payment)
+                return Outcome.REFUSED
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, _MAX_BACKOFF)
 
@@ -457,7 +559,9 @@ class Dispatcher:
     def _record(self, payment: Payment, name: str, requested_at_ms: int, cents: int) -> None:
         """The processor proved it stored this payment with this requestedAt and amount."""
         self._journal.confirmed(payment, name, requested_at_ms, cents)
-        self._ledger.record(payment.correlation_id, name, requested_at_ms, cents)
+        self._ledger.record(
+            payment.correlation_id, name, requested_at_ms, cents, payment.accepted_ms
+        )
         payment.unsettled_on = None
         counts = self.counts[name]
         counts.confirmed += 1

@@ -5,11 +5,12 @@ fact is acted on: the 202 leaves after its `A` line, a processor call after its 
 write() is in the kernel once it returns, so a killed process loses nothing; `fsync` (a
 setting) also covers the machine losing power, at the price of a disk flush per acceptance.
 
-    A <id> <cents>                    accepted (answered 202)
+    A <id> <cents> <accepted_ms>      accepted (answered 202)
     S <id> <processor> <requested_ms> sent: an attempt is under way with this requestedAt
     R <id>                            the last attempt is known not stored (refused, released)
-    C <id> <processor> <requested_ms> <cents>   confirmed and recorded in the ledger
+    C <id> <processor> <requested_ms> <cents> <accepted_ms>   confirmed and recorded
     P                                 purged: everything accepted before it is forgotten
+    I <incarnation>                   the run that wrote the lines after it (shared store)
 
 Recovery replays the lines: confirmed payments rebuild the ledger, accepted ones without a
 confirmation are pending again, and one whose last attempt is neither confirmed nor refused is
@@ -47,6 +48,7 @@ class Confirmed:
     processor: str
     requested_at_ms: int
     cents: int
+    accepted_ms: int
 
 
 class JournalInUse(Exception):
@@ -58,16 +60,21 @@ class _Replay:
 
     def apply(self, words: list[str]) -> None:
         kind = words[0]
-        if kind == "A" and len(words) == 3:
-            self.accepted(words[1], int(words[2]))
+        # A journal written before lines carried accepted_ms: accepted before any purge.
+        if kind == "A" and len(words) in (3, 4):
+            self.accepted(words[1], int(words[2]), int(words[3]) if len(words) == 4 else 0)
         elif kind == "S" and len(words) == 4 and words[2] in PROCESSORS:
             self.sent(words[1], words[2], int(words[3]))
         elif kind == "R" and len(words) == 2:
             self.not_stored(words[1])
-        elif kind == "C" and len(words) == 5 and words[2] in PROCESSORS:
-            self.confirmed(Confirmed(words[1], words[2], int(words[3]), int(words[4])))
+        elif kind == "C" and len(words) in (5, 6) and words[2] in PROCESSORS:
+            at, cents = int(words[3]), int(words[4])
+            accepted = int(words[5]) if len(words) == 6 else 0
+            self.confirmed(Confirmed(words[1], words[2], at, cents, accepted))
         elif kind == "P" and len(words) == 1:
             self.purged()
+        elif kind == "I" and len(words) == 2:
+            self.incarnation(words[1])
         else:
             raise ValueError("not a journal line")
 
@@ -79,7 +86,7 @@ class _Replay:
             except (ValueError, IndexError):
                 continue
 
-    def accepted(self, correlation_id: str, cents: int) -> None:
+    def accepted(self, correlation_id: str, cents: int, accepted_ms: int) -> None:
         pass
 
     def sent(self, correlation_id: str, processor: str, requested_at_ms: int) -> None:
@@ -94,20 +101,25 @@ class _Replay:
     def purged(self) -> None:
         pass
 
+    def incarnation(self, name: str) -> None:
+        pass
+
 
 class Recovered(_Replay):
     """What a replica takes up again at start: its ledger, its pending payments (each with
-    its unsettled attempt, if any) and every id it ever accepted."""
+    its unsettled attempt, if any), every id it ever accepted and, with a shared store, the
+    run whose claims in the store those payments are."""
 
     def __init__(self) -> None:
         self.confirmed_entries: list[Confirmed] = []
         self.pending: dict[str, Payment] = {}
         self.known_ids: set[str] = set()
+        self.last_incarnation: str | None = None
         self._attempts: dict[str, tuple[str, int]] = {}
 
-    def accepted(self, correlation_id: str, cents: int) -> None:
+    def accepted(self, correlation_id: str, cents: int, accepted_ms: int) -> None:
         self.known_ids.add(correlation_id)
-        self.pending.setdefault(correlation_id, Payment(correlation_id, cents))
+        self.pending.setdefault(correlation_id, Payment(correlation_id, cents, accepted_ms))
 
     def sent(self, correlation_id: str, processor: str, requested_at_ms: int) -> None:
         self._attempts[correlation_id] = (processor, requested_at_ms)
@@ -128,6 +140,9 @@ class Recovered(_Replay):
         self.pending.clear()
         self.known_ids.clear()
         self._attempts.clear()
+
+    def incarnation(self, name: str) -> None:
+        self.last_incarnation = name
 
     def settle_unsettled(self) -> None:
         """Mark each pending payment whose last attempt is unresolved to be settled there."""
@@ -152,13 +167,11 @@ def read_journal(path: str) -> Recovered:
 
 class PeerJournal(_Replay):
     """Another replica's journal, read up to its end whenever a summary needs that replica's
-    part: what it confirmed (unless a shared store holds that) and what it holds pending. Its
-    lines are written before they are acted on, so this is exact even for a replica that was
-    just killed."""
+    part: what it confirmed and what it holds pending. Its lines are written before they are
+    acted on, so this is exact even for a replica that was just killed."""
 
-    def __init__(self, path: str, *, keeps_ledger: bool) -> None:
+    def __init__(self, path: str) -> None:
         self.path = path
-        self._keeps_ledger = keeps_ledger
         # Kept open between reads: the open descriptor pins the inode, so a journal replaced
         # by a restart can never reuse the number compared below.
         self._fd = -1
@@ -171,17 +184,20 @@ class PeerJournal(_Replay):
         self._pending: dict[str, int] = {}
         self._pending_cents = 0
 
-    def accepted(self, correlation_id: str, cents: int) -> None:
+    def accepted(self, correlation_id: str, cents: int, accepted_ms: int) -> None:
         if correlation_id not in self._pending:
             self._pending[correlation_id] = cents
             self._pending_cents += cents
 
     def confirmed(self, entry: Confirmed) -> None:
         self._pending_cents -= self._pending.pop(entry.correlation_id, 0)
-        if self._keeps_ledger:
-            self._ledger.record(
-                entry.correlation_id, entry.processor, entry.requested_at_ms, entry.cents
-            )
+        self._ledger.record(
+            entry.correlation_id,
+            entry.processor,
+            entry.requested_at_ms,
+            entry.cents,
+            entry.accepted_ms,
+        )
 
     def open_current(self) -> None:
         """Make sure the file being read is the journal there now: one replaced (its replica
@@ -238,15 +254,6 @@ def _lock(path: str, wait: float) -> int:
             time.sleep(0.01)
 
 
-def is_owned(path: str) -> bool:
-    """True while a running replica holds this journal."""
-    try:
-        os.close(_lock(path, wait=0))
-    except JournalInUse:
-        return True
-    return False
-
-
 def purge_unowned(path: str) -> None:
     """Append a purge to the journal of a replica that is not running (JournalInUse if it
     is): it forgets everything on its next start, and summaries that read it at once."""
@@ -265,12 +272,13 @@ def purge_unowned(path: str) -> None:
 
 
 def _lines(state: Recovered) -> list[str]:
-    lines = [
-        f"C {c.correlation_id} {c.processor} {c.requested_at_ms} {c.cents}\n"
+    lines = [] if state.last_incarnation is None else [f"I {state.last_incarnation}\n"]
+    lines += [
+        f"C {c.correlation_id} {c.processor} {c.requested_at_ms} {c.cents} {c.accepted_ms}\n"
         for c in state.confirmed_entries
     ]
     for payment in state.pending.values():
-        lines.append(f"A {payment.correlation_id} {payment.cents}\n")
+        lines.append(f"A {payment.correlation_id} {payment.cents} {payment.accepted_ms}\n")
         if payment.unsettled_on is not None:
             lines.append(
                 f"S {payment.correlation_id} {payment.unsettled_on} {payment.requested_at_ms}\n"
@@ -301,6 +309,9 @@ class NoJournal:
         pass
 
     def purged(self) -> None:
+        pass
+
+    def incarnation(self, name: str) -> None:
         pass
 
     def close(self) -> None:
@@ -342,7 +353,12 @@ class Journal:
         self.size += written
 
     def accepted(self, payment: Payment) -> None:
-        self._write(b"A %s %d\n" % (payment.correlation_id.encode(), payment.cents))
+        line = b"A %s %d %d\n" % (
+            payment.correlation_id.encode(),
+            payment.cents,
+            payment.accepted_ms,
+        )
+        self._write(line)
         if self._fsync:
             os.fsync(self._fd)
 
@@ -355,11 +371,14 @@ class Journal:
     def confirmed(
         self, payment: Payment, processor: str, requested_at_ms: int, cents: int
     ) -> None:
-        line = f"C {payment.correlation_id} {processor} {requested_at_ms} {cents}\n"
-        self._write(line.encode())
+        line = f"C {payment.correlation_id} {processor} {requested_at_ms} {cents} "
+        self._write(f"{line}{payment.accepted_ms}\n".encode())
 
     def purged(self) -> None:
         self._write(b"P\n")
+
+    def incarnation(self, name: str) -> None:
+        self._write(f"I {name}\n".encode())
 
     def close(self) -> None:
         for descriptor in (self._fd, self._lock):

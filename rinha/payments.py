@@ -10,6 +10,8 @@ import re
 
 import orjson
 
+from rinha.clock import now_ms
+
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 # Far above any real payment, and small enough that cents stay exact in a float.
 MAX_CENTS = 10**13
@@ -29,21 +31,26 @@ class Payment:
 
     `requested_at_ms` is set when an attempt is sent and kept while that attempt is unsettled:
     settling re-sends the identical body (SPEC.md §3, a 422 then proves the first went through).
+    `accepted_ms` (wall clock) places it before or after a purge on any host.
     """
 
     __slots__ = (
         "_body_head",
         "accepted_at",
+        "accepted_ms",
+        "anywhere_until",
         "cents",
         "correlation_id",
+        "owned",
         "requested_at_ms",
         "unsettled_on",
         "unsettled_since",
     )
 
-    def __init__(self, correlation_id: str, cents: int) -> None:
+    def __init__(self, correlation_id: str, cents: int, accepted_ms: int) -> None:
         self.correlation_id = correlation_id
         self.cents = cents
+        self.accepted_ms = accepted_ms
         self._body_head = b'{"correlationId":"%s","amount":%s,"requestedAt":"' % (
             correlation_id.encode(),
             format_cents(cents),
@@ -52,6 +59,12 @@ class Payment:
         self.unsettled_on: str | None = None
         self.unsettled_since = 0.0
         self.accepted_at = 0.0  # loop time, set when queued
+        # With the ledger in a shared store: None until this replica's claim on the id is
+        # stored, then whether it won (another replica may have received the same id).
+        self.owned: bool | None = True
+        # Taken over from a dead replica that may have sent it to either processor: until
+        # this loop time it is only looked up on both (0.0: not taken over).
+        self.anywhere_until = 0.0
 
     def body(self, requested_at: str) -> bytes:
         """The processor's request body for an attempt stamped `requested_at`."""
@@ -72,7 +85,7 @@ def parse_payment(body: bytes) -> Payment:
     correlation_id = data.get("correlationId")
     if not isinstance(correlation_id, str) or not _UUID.fullmatch(correlation_id):
         raise BadInput(422, "correlationId must be a UUID")
-    return Payment(correlation_id.lower(), parse_cents(data.get("amount")))
+    return Payment(correlation_id.lower(), parse_cents(data.get("amount")), now_ms())
 
 
 def parse_cents(amount: object) -> int:

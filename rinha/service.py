@@ -41,7 +41,13 @@ async def run_service(config: ServiceConfig) -> None:
     recovered = journal.recover()
     log.info("journal: %s", config.journal or "none (a crash loses what this replica holds)")
     for entry in recovered.confirmed_entries:
-        ledger.record(entry.correlation_id, entry.processor, entry.requested_at_ms, entry.cents)
+        ledger.record(
+            entry.correlation_id,
+            entry.processor,
+            entry.requested_at_ms,
+            entry.cents,
+            entry.accepted_ms,
+        )
     dispatcher = Dispatcher(
         ledger,
         clients,
@@ -49,8 +55,7 @@ async def run_service(config: ServiceConfig) -> None:
         config.dispatch,
         capacity=config.dispatch.buffer_capacity + len(recovered.pending),
     )
-    peers = Peers(config.peers, shared_ledger=ledger.shared) if config.peers else None
-    dispatcher.restore(list(recovered.pending.values()))
+    peers = Peers(config.peers) if config.peers else None
     if recovered.pending or recovered.confirmed_entries:
         log.info(
             "recovered %d confirmed and %d pending payments from %s",
@@ -58,7 +63,20 @@ async def run_service(config: ServiceConfig) -> None:
             len(recovered.pending),
             config.journal,
         )
-    app = App(dispatcher, ledger, journal, peers, recovered.known_ids)
+    store = None
+    if config.ledger_url:
+        # Imported only with a store: a replica without one loads no pymongo.
+        from rinha.ledger.mongodb import MongoLedger
+        from rinha.store import Store
+
+        assert isinstance(ledger, MongoLedger)
+        store = Store(
+            ledger, dispatcher, clients, journal, recovered.known_ids, config.health_interval
+        )
+        await store.start(recovered)
+    else:
+        dispatcher.restore(list(recovered.pending.values()))
+    app = App(dispatcher, ledger, journal, recovered.known_ids, peers=peers, store=store)
 
     started_at = loop.time()
 
@@ -76,7 +94,7 @@ async def run_service(config: ServiceConfig) -> None:
 
     dispatcher.start()
     poller = None
-    if config.poll_health:
+    if config.poll_health and store is None:  # with a store, the store elects the poller
         poller = loop.create_task(poll_health(clients, config.health_interval, publish))
     control = HttpServer(app.handle_control)
     if config.control is not None:
@@ -108,6 +126,8 @@ async def run_service(config: ServiceConfig) -> None:
         await metrics.shutdown()
     if dispatcher.pending_count:
         log.warning("stopped with %d payments still pending", dispatcher.pending_count)
+    if store is not None:
+        await store.close()
     for client in clients.values():
         await client.close()
     if peers is not None:

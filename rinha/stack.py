@@ -5,7 +5,9 @@ replica 1 polls the processors' health and pushes it to the others; each replica
 metrics on a loopback port of its own, HAProxy its own beside its stats page; a replica that
 dies is started again and resumes from its journal. Unless processor URLs are given, two
 processor emulators run beside them with the fees of the chosen scenario. Children start in
-dependency order, each waited for until it answers, and stop in reverse order.
+dependency order, each waited for until it answers, and stop in reverse order. With
+`RINHA_LEDGER` naming a MongoDB store (one already running), the replicas meet in the store
+instead (rinha/store.py): no peers, no control sockets, and the store elects the poller.
 """
 
 from __future__ import annotations
@@ -201,15 +203,19 @@ def plan(options: StackOptions) -> list[Child]:
     sockets = [str(options.run_dir / f"replica-{i}.sock") for i in range(1, REPLICAS + 1)]
     controls = [str(options.run_dir / f"replica-{i}.control") for i in range(1, REPLICAS + 1)]
     env = {"PROCESSOR_DEFAULT_URL": urls["default"], "PROCESSOR_FALLBACK_URL": urls["fallback"]}
+    shared_store = bool(os.environ.get("RINHA_LEDGER"))
     journals = [str(options.run_dir / f"replica-{i}.journal") for i in range(1, REPLICAS + 1)]
     for index, (unix, control, journal) in enumerate(zip(sockets, controls, journals)):
         command = [python, "-m", "rinha", "serve", "--port", "0", "--unix", unix]
-        command += ["--control", control, "--journal", journal]
-        for peer_control, peer_journal in zip(controls, journals):
-            if peer_control != control:
-                command += ["--peer", peer_control, peer_journal]
-        if index:
-            command.append("--no-health-poll")
+        command += ["--journal", journal]
+        # With the ledger in a store, the replicas meet there (rinha/store.py).
+        if not shared_store:
+            command += ["--control", control]
+            for peer_control, peer_journal in zip(controls, journals):
+                if peer_control != control:
+                    command += ["--peer", peer_control, peer_journal]
+            if index:
+                command.append("--no-health-poll")
         if options.metrics_ports:
             command += ["--metrics-port", str(options.metrics_ports[index])]
         command += options.serve_options
@@ -223,7 +229,7 @@ def plan(options: StackOptions) -> list[Child]:
     haproxy_env = {
         "RINHA_BIND": f":{options.port}",
         "RINHA_STATS_BIND": f"127.0.0.1:{options.stats_port}",
-        "RINHA_SOCKET_DIR": str(options.run_dir),
+        **{f"RINHA_REPLICA_{i}": f"unix@{unix}" for i, unix in enumerate(sockets, 1)},
     }
     command = [haproxy, "-db", "-f", str(HAPROXY_CONFIG)]
     children.append(

@@ -37,13 +37,14 @@ def call(
     body: Any = None,
     headers: dict[str, str] | None = None,
     timeout: float = 10.0,
+    host: str = "127.0.0.1",
 ) -> Reply:
     """One HTTP request on a fresh connection; `body` that is not bytes is sent as JSON."""
     all_headers = dict(headers or {})
     if body is not None and not isinstance(body, bytes):
         body = json.dumps(body).encode()
         all_headers.setdefault("Content-Type", "application/json")
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
     try:
         conn.request(method, path, body=body, headers=all_headers)
         answer = conn.getresponse()
@@ -60,6 +61,7 @@ class Process:
     port: int
     env: dict[str, str] = field(default_factory=dict)
     program: str = sys.executable
+    host: str = "127.0.0.1"
     popen: subprocess.Popen[bytes] | None = None
 
     def start(self, ready_path: str, timeout: float = 15.0) -> Process:
@@ -71,7 +73,7 @@ class Process:
             if self.popen.poll() is not None:
                 raise RuntimeError(f"{self.args} exited with {self.popen.returncode}")
             try:
-                call(self.port, "GET", ready_path, timeout=1.0)
+                call(self.port, "GET", ready_path, timeout=1.0, host=self.host)
                 return self
             except OSError:
                 time.sleep(0.05)

@@ -77,12 +77,12 @@ def test_a_peer_journal_read_mid_line_survives_the_line_being_cut_back(tmp_path:
     # A full disk: the writer's line is written short, read as it is, then cut back and
     # written whole in its place (rinha/journal.py, Journal._write).
     path = tmp_path / "journal"
-    reader = PeerJournal(str(path), keeps_ledger=True)
-    path.write_bytes(b"A id-1 100\nC id-1 default 5")
+    reader = PeerJournal(str(path))
+    path.write_bytes(b"A id-1 100 1\nC id-1 default 5")
     read_all(reader)
-    os.truncate(path, len(b"A id-1 100\n"))
+    os.truncate(path, len(b"A id-1 100 1\n"))
     with open(path, "ab") as journal:
-        journal.write(b"C id-1 default 7 100\n")
+        journal.write(b"C id-1 default 7 100 1\n")
     read_all(reader)
     totals = reader.totals(None, None)
     assert totals["default"] == Totals(1, 100) and totals["pending"] == Totals()
@@ -94,7 +94,7 @@ def test_a_purge_for_a_dead_replica_is_not_swallowed_by_its_torn_last_line(
     tmp_path: Path,
 ) -> None:
     path = tmp_path / "journal"
-    path.write_bytes(b"A id-1 100\nA id-2 200\nC id-1 defau")  # killed mid-write
+    path.write_bytes(b"A id-1 100 1\nA id-2 200 1\nC id-1 defau")  # killed mid-write
     purge_unowned(str(path))
     recovered = read_journal(str(path))
     assert recovered.pending == {} and recovered.known_ids == set()

@@ -16,7 +16,7 @@ from typing import Any
 
 import aiohttp
 
-from rinha.clock import parse_us
+from rinha.clock import now_ms, parse_us
 from tests.processes import call, free_port
 from tests.service_fixtures import Service
 
@@ -180,7 +180,7 @@ def test_a_duplicate_answer_to_a_settle_is_recorded_as_the_processor_has_it(
     older.start()
     journal = tmp_path / "journal"
     journal.write_text(
-        f"A {correlation_id} 1990\nS {correlation_id} default {parse_us(ours) // 1000}\n"
+        f"A {correlation_id} 1990 {now_ms()}\nS {correlation_id} default {parse_us(ours) // 1000}\n"
     )
     service = service_factory("--journal", str(journal))
     older.join()

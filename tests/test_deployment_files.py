@@ -1,9 +1,10 @@
 """compose.yaml and Containerfile, checked without a container engine (none runs here).
 
 They must keep the contest's deployment rules (SPEC.md §5) and stay in step with the code they
-start: the replicas' commands are the ones `python -m rinha up` runs (rinha/stack.py, plan()),
-every option and environment variable they use is one the code reads, and the default split
-of CPU and memory is the table in rinha/bench/limits.py.
+start: the replicas' commands are the ones `python -m rinha up` runs (rinha/stack.py, plan();
+with the ledger in MongoDB, but for where each replica listens and keeps its journal), every
+option and environment variable they use is one the code reads, HAProxy reaches each replica
+where it listens, and the default split of CPU and memory is the table in rinha/bench/limits.py.
 
 A *stack* is what one `docker compose up` starts: the services without a profile, or one
 profile's load balancer named on the command line with everything it depends on.
@@ -11,6 +12,7 @@ profile's load balancer named on the command line with everything it depends on.
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 import shlex
@@ -19,7 +21,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from configparser import ConfigParser
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pytest
@@ -178,10 +180,15 @@ def test_compose_file_matches_the_compose_specification() -> None:
 # In step with the code
 
 
-def native_replicas(monkeypatch: pytest.MonkeyPatch) -> list[Child]:
-    """plan()'s replicas with /sockets as its run directory and the contest's processors.
-    HAProxy need not be installed: plan() only looks its path up."""
+def native_replicas(monkeypatch: pytest.MonkeyPatch, ledger: str | None) -> list[Child]:
+    """plan()'s replicas with /sockets as its run directory, the contest's processors and this
+    RINHA_LEDGER, as `python -m rinha up` reads it. HAProxy need not be installed: plan() only
+    looks its path up."""
     monkeypatch.setattr(shutil, "which", lambda name: f"/usr/sbin/{name}")
+    if ledger is None:
+        monkeypatch.delenv("RINHA_LEDGER", raising=False)
+    else:
+        monkeypatch.setenv("RINHA_LEDGER", ledger)
     urls = {
         "default": PROCESSOR_URLS["PROCESSOR_DEFAULT_URL"],
         "fallback": PROCESSOR_URLS["PROCESSOR_FALLBACK_URL"],
@@ -194,30 +201,58 @@ def native_replicas(monkeypatch: pytest.MonkeyPatch) -> list[Child]:
     return children
 
 
+def serve_options(command: list[str]) -> argparse.Namespace:
+    return build_parser().parse_args(["serve", *command])
+
+
+def stack_ledger(stack: str) -> str | None:
+    """The RINHA_LEDGER all the stack's replicas share, None for the embedded ledger."""
+    (ledger,) = {
+        services()[name]["environment"].get("RINHA_LEDGER") for name in replicas(stacks()[stack])
+    }
+    return ledger
+
+
 @pytest.mark.parametrize("stack", sorted(stacks()))
 def test_replicas_start_as_the_native_stack_starts_them(
     stack: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _, *entrypoint = containerfile_entrypoint()
-    for name, native in zip(replicas(stacks()[stack]), native_replicas(monkeypatch), strict=True):
+    ledger = stack_ledger(stack)
+    members = replicas(stacks()[stack])
+    for name, native in zip(members, native_replicas(monkeypatch, ledger), strict=True):
         service = services()[name]
-        # The same command, Python's path aside, and the same environment, the ledger aside.
-        assert entrypoint + service["command"] == native.command[1:], name
+        _, *native_command = native.command
+        if ledger is None:
+            # One host, as plan()'s: the same command, Python's path aside.
+            assert entrypoint + service["command"] == native_command, name
+        else:
+            # Replicas that share only the store listen on TCP and keep their journals apart;
+            # every other option is plan()'s.
+            assert native_command[: len(entrypoint)] == entrypoint
+            ours = vars(serve_options(service["command"]))
+            theirs = vars(serve_options(native_command[len(entrypoint) :]))
+            for where in ("host", "port", "unix", "journal"):
+                del ours[where], theirs[where]
+            assert ours == theirs, name
+        # The same environment, the ledger aside.
         assert native.env == {k: v for k, v in service["environment"].items() if k in native.env}
         assert set(service["environment"]) - set(native.env) <= {"RINHA_LEDGER"}, name
 
 
 @pytest.mark.parametrize("stack", sorted(stacks()))
 def test_replica_settings_are_ones_the_service_reads(stack: str) -> None:
-    for name in replicas(stacks()[stack]):
+    members = replicas(stacks()[stack])
+    for name in members:
         service = services()[name]
         environment = service["environment"]
-        args = build_parser().parse_args(["serve", *service["command"]])
-        config = service_config(args, environment)  # raises on a bad RINHA_LEDGER
+        # Raises on a bad RINHA_LEDGER, or on cluster options beside one.
+        config = service_config(serve_options(service["command"]), environment)
         assert config.processor_urls == {
             "default": PROCESSOR_URLS["PROCESSOR_DEFAULT_URL"],
             "fallback": PROCESSOR_URLS["PROCESSOR_FALLBACK_URL"],
         }
+        assert config.journal is not None, name
         for variable in environment:
             assert variable_is_read(variable), variable
         if stack == "default":
@@ -225,29 +260,50 @@ def test_replica_settings_are_ones_the_service_reads(stack: str) -> None:
         else:
             ledger = environment["RINHA_LEDGER"]
             assert ledger.split("//")[1].split(":")[0] in stacks()[stack], ledger
+    if stack != "default":
+        # They share only the store, as on machines of their own.
+        sources = [source for name in members for source in mounts(services()[name]).values()]
+        assert len(sources) == len(set(sources)), sources
 
 
 def variable_is_read(variable: str) -> bool:
     return any(f'"{variable}"' in path.read_text() for path in (ROOT / "rinha").rglob("*.py"))
 
 
-@pytest.mark.parametrize("stack", sorted(stacks()))
-def test_haproxy_finds_the_replica_sockets(stack: str) -> None:
+def load_balancer(stack: str) -> dict[str, Any]:
     members = stacks()[stack]
-    balancer = services()[next(name for name in members if services()[name].get("ports"))]
+    return services()[next(name for name in members if services()[name].get("ports"))]
+
+
+def volume_holding(service: dict[str, Any], path: str) -> str | None:
+    """The source of the service's mount that holds this path, if any."""
+    targets = [target for target in mounts(service) if PurePosixPath(path).is_relative_to(target)]
+    return mounts(service)[max(targets, key=len)] if targets else None
+
+
+@pytest.mark.parametrize("stack", sorted(stacks()))
+def test_haproxy_reaches_every_replica(stack: str) -> None:
+    balancer = load_balancer(stack)
+    environment = balancer["environment"]
     config = HAPROXY_CONFIG.read_text()
-    assert set(balancer["environment"]) == set(re.findall(r"\$\{(\w+)\}", config))
-    balancer_mounts = mounts(balancer)
-    config_source = balancer_mounts["/usr/local/etc/haproxy/haproxy.cfg"]
+    assert set(environment) == set(re.findall(r"\$\{(\w+)\}", config))
+    config_source = mounts(balancer)["/usr/local/etc/haproxy/haproxy.cfg"]
     assert (ROOT / config_source).resolve() == HAPROXY_CONFIG
-    socket_dir = balancer["environment"]["RINHA_SOCKET_DIR"]
-    volume = balancer_mounts[socket_dir]
-    servers = re.findall(r'server (\S+) "unix@\$\{RINHA_SOCKET_DIR\}/(\S+)"', config)
-    for name, (_, socket) in zip(replicas(members), servers, strict=True):
+    servers = re.findall(r'^\s*server \S+ "\$\{(\w+)\}"', config, re.MULTILINE)
+    for name, variable in zip(replicas(stacks()[stack]), servers, strict=True):
         service = services()[name]
-        unix = build_parser().parse_args(["serve", *service["command"]]).unix
-        assert mounts(service)[socket_dir] == volume, name
-        assert unix == f"{socket_dir}/{socket}", name
+        args = serve_options(service["command"])
+        address = environment[variable]
+        if address.startswith("unix@"):
+            # On one host: the replica's socket, on a volume both mount.
+            socket = address.removeprefix("unix@")
+            assert args.unix == socket, name
+            volume = volume_holding(service, socket)
+            assert volume is not None and volume_holding(balancer, socket) == volume, name
+        else:
+            # Over TCP: the replica's service name and its port, on every address.
+            assert address == f"{name}:{args.port}", name
+            assert args.port and args.host == "0.0.0.0", name
 
 
 @pytest.mark.parametrize("stack", sorted(stacks()))
@@ -255,11 +311,14 @@ def test_haproxy_accepts_its_configuration_with_the_stack_environment(stack: str
     haproxy = shutil.which("haproxy")
     if haproxy is None:
         pytest.skip("haproxy is not installed (apt-get install haproxy)")
-    members = stacks()[stack]
-    balancer = services()[next(name for name in members if services()[name].get("ports"))]
+    # Service names resolve only on the stack's network: here, the loopback stands for them.
+    environment = {}
+    for variable, value in load_balancer(stack)["environment"].items():
+        host, _, port = value.rpartition(":")
+        environment[variable] = f"127.0.0.1:{port}" if host in stacks()[stack] else value
     checked = subprocess.run(
         [haproxy, "-c", "-f", str(HAPROXY_CONFIG)],
-        env=balancer["environment"],
+        env=environment,
         check=False,
         capture_output=True,
         text=True,

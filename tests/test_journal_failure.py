@@ -63,7 +63,7 @@ async def deliver_through_a_failing_journal(processors: Any, path: Path) -> dict
     saved_fd = os.dup(journal_fd)
     read_only = os.open(path, os.O_RDONLY)
     try:
-        payment = Payment("4a7e3c1e-0d4b-4a8e-9f59-1f8f3c2b6a10", 1990)
+        payment = Payment("4a7e3c1e-0d4b-4a8e-9f59-1f8f3c2b6a10", 1990, 0)
         journal.accepted(payment)
         assert dispatcher.submit(payment)
         # The attempt is under way (the processor holds it 300 ms) when the disk goes: the
@@ -119,7 +119,7 @@ journal.recover()
 resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[2]), int(sys.argv[2])))
 kept = []
 for _ in range(50):
-    payment = Payment(str(uuid.uuid4()), 1990)
+    payment = Payment(str(uuid.uuid4()), 1990, 0)
     try:
         journal.accepted(payment)
     except OSError:
@@ -131,8 +131,8 @@ print(json.dumps(kept))
 
 def test_a_full_disk_refuses_the_line_instead_of_tearing_it(tmp_path: Path) -> None:
     path = tmp_path / "journal"
-    # Each acceptance is one 44-byte line: the tenth is cut short at 420 bytes.
-    limit = 9 * 44 + 24
+    # Each acceptance is one 46-byte line: the tenth is cut short at 438 bytes.
+    limit = 9 * 46 + 24
     finished = subprocess.run(
         [sys.executable, "-c", FULL_DISK, str(path), str(limit)],
         capture_output=True,
@@ -141,5 +141,5 @@ def test_a_full_disk_refuses_the_line_instead_of_tearing_it(tmp_path: Path) -> N
     )
     kept = json.loads(finished.stdout)
     assert len(kept) == 9
-    assert path.read_bytes().endswith(b"\n") and path.stat().st_size == 9 * 44
+    assert path.read_bytes().endswith(b"\n") and path.stat().st_size == 9 * 46
     assert set(read_journal(str(path)).pending) == set(kept)

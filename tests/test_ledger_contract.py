@@ -36,7 +36,7 @@ import pytest
 import uvloop
 from pymongo.errors import PyMongoError
 
-from rinha.clock import parse_us
+from rinha.clock import now_ms, parse_us
 from rinha.ledger import Ledger, LedgerUnavailable, Summary, Totals, open_ledger
 from tests.processes import free_port
 from tests.service_fixtures import Service
@@ -46,6 +46,8 @@ VISIBLE_WITHIN = 1.0
 UNAVAILABLE_WITHIN = 2.0
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 STAND_IN_VENV = Path("/opt/secantus/bin/secantusd-py")
+# Accepted long before any purge a test makes.
+ACCEPTED_MS = 1
 
 
 def run(coroutine: Coroutine[Any, Any, None]) -> None:
@@ -190,9 +192,9 @@ def test_summary_counts_and_adds_cents_per_processor(ledger_url: str | None) -> 
     async def case() -> None:
         ledger = open_ledger(ledger_url)
         for cents in (1990, 2005, 1):
-            ledger.record(new_id(), "default", 1_752_582_896_000, cents)
+            ledger.record(new_id(), "default", 1_752_582_896_000, cents, ACCEPTED_MS)
         for cents in (1990, 10):
-            ledger.record(new_id(), "fallback", 1_752_582_896_001, cents)
+            ledger.record(new_id(), "fallback", 1_752_582_896_001, cents, ACCEPTED_MS)
         await until_visible(ledger, totals(default=(3, 3996), fallback=(2, 2000)))
         await ledger.close()
 
@@ -203,7 +205,7 @@ def test_window_is_inclusive_at_both_ends(ledger_url: str | None) -> None:
     async def case() -> None:
         ledger = open_ledger(ledger_url)
         for at in (999, 1000, 1500, 2000, 2001):
-            ledger.record(new_id(), "default", at, 100)
+            ledger.record(new_id(), "default", at, 100, ACCEPTED_MS)
         await until_visible(ledger, totals(default=(5, 500)))
         assert await ledger.summary(1000, 2000) == totals(default=(3, 300))
         assert await ledger.summary(1000, 1000) == totals(default=(1, 100))
@@ -219,7 +221,7 @@ def test_either_side_of_the_window_may_be_open(ledger_url: str | None) -> None:
     async def case() -> None:
         ledger = open_ledger(ledger_url)
         for at in (-5, 0, 1_752_582_896_000):
-            ledger.record(new_id(), "fallback", at, 7)
+            ledger.record(new_id(), "fallback", at, 7, ACCEPTED_MS)
         await until_visible(ledger, totals(fallback=(3, 21)))
         assert await ledger.summary(None, 0) == totals(fallback=(2, 14))
         assert await ledger.summary(1, None) == totals(fallback=(1, 7))
@@ -236,11 +238,13 @@ def test_out_of_order_records_match_a_brute_force_count(ledger_url: str | None) 
     for index in range(300):
         # Confirmations arrive out of requestedAt order, some of them by seconds.
         at = 10 * index + rng.randint(-3000, 30)
-        entries.append((new_id(), rng.choice(["default", "fallback"]), at, rng.randint(1, 9999)))
+        entries.append(
+            (new_id(), rng.choice(["default", "fallback"]), at, rng.randint(1, 9999), ACCEPTED_MS)
+        )
 
     def brute(low: int | None, high: int | None) -> Summary:
         found = totals()
-        for _, name, at, cents in entries:
+        for _, name, at, cents, _ in entries:
             if (low is None or at >= low) and (high is None or at <= high):
                 found[name] = found[name] + Totals(1, cents)
         return found
@@ -262,8 +266,8 @@ def test_out_of_order_records_match_a_brute_force_count(ledger_url: str | None) 
 def test_a_replayed_journal_counts_each_payment_once(ledger_url: str | None) -> None:
     """A replica restarted from its journal records its confirmed payments again; a shared
     store already holds them, and must not count them twice."""
-    paid = [(new_id(), "default", 1000 + i, 1990) for i in range(5)]
-    later = (new_id(), "fallback", 2000, 5)
+    paid = [(new_id(), "default", 1000 + i, 1990, ACCEPTED_MS) for i in range(5)]
+    later = (new_id(), "fallback", 2000, 5, ACCEPTED_MS)
 
     async def case() -> None:
         before = open_ledger(ledger_url)
@@ -291,11 +295,11 @@ def test_a_payment_recorded_twice_counts_once_in_a_shared_store(ledger_url: str 
     async def case() -> None:
         first, second = open_ledger(ledger_url), open_ledger(ledger_url)
         twice = new_id()
-        first.record(twice, "default", 1000, 1990)
-        second.record(twice, "default", 1000, 1990)
-        first.record(twice, "fallback", 1001, 1990)
+        first.record(twice, "default", 1000, 1990, ACCEPTED_MS)
+        second.record(twice, "default", 1000, 1990, ACCEPTED_MS)
+        first.record(twice, "fallback", 1001, 1990, ACCEPTED_MS)
         await until_visible(first, totals(default=(1, 1990)))
-        second.record(new_id(), "fallback", 3000, 1)
+        second.record(new_id(), "fallback", 3000, 1, ACCEPTED_MS)
         await until_visible(second, totals(default=(1, 1990), fallback=(1, 1)))
         await first.close()
         await second.close()
@@ -306,14 +310,35 @@ def test_a_payment_recorded_twice_counts_once_in_a_shared_store(ledger_url: str 
 def test_purge_forgets_stored_and_not_yet_written_payments(ledger_url: str | None) -> None:
     async def case() -> None:
         ledger = open_ledger(ledger_url)
-        ledger.record(new_id(), "default", 1000, 1990)
+        ledger.record(new_id(), "default", 1000, 1990, now_ms())
         await until_visible(ledger, totals(default=(1, 1990)))
-        ledger.record(new_id(), "default", 1001, 1990)  # in a background store: unwritten yet
+        # In a background store: unwritten yet.
+        ledger.record(new_id(), "default", 1001, 1990, now_ms())
         await ledger.purge()
         assert await ledger.summary(None, None) == totals()
-        ledger.record(new_id(), "fallback", 1002, 3)
+        ledger.record(new_id(), "fallback", 1002, 3, now_ms() + 1)
         await until_visible(ledger, totals(fallback=(1, 3)))
         await ledger.close()
+
+    run(case())
+
+
+def test_a_payment_accepted_before_a_purge_and_recorded_after_it_is_not_counted(
+    mongo_url: str,
+) -> None:
+    """Another replica may deliver a payment it accepted before a purge it has not seen yet:
+    the shared store leaves it out of every summary."""
+
+    async def case() -> None:
+        url = with_database(mongo_url, f"contract_{uuid.uuid4().hex[:12]}")
+        purger, late = open_ledger(url), open_ledger(url)
+        accepted_ms = now_ms()
+        await purger.purge()
+        late.record(new_id(), "default", 1000, 1990, accepted_ms)
+        late.record(new_id(), "fallback", 1001, 5, now_ms() + 1)
+        await until_visible(purger, totals(fallback=(1, 5)))
+        await purger.close()
+        await late.close()
 
     run(case())
 
@@ -326,7 +351,7 @@ def test_a_summary_while_the_store_is_down_is_refused_quickly(
 ) -> None:
     async def case() -> None:
         ledger = open_ledger(with_database(stoppable_stand_in.url, "down"))
-        ledger.record(new_id(), "default", 1000, 1990)
+        ledger.record(new_id(), "default", 1000, 1990, ACCEPTED_MS)
         await until_visible(ledger, totals(default=(1, 1990)))
         stoppable_stand_in.stop()
         for attempt in (ledger.summary(None, None), ledger.purge()):
@@ -344,11 +369,11 @@ def test_records_made_while_the_store_is_down_land_when_it_returns(
 ) -> None:
     async def case() -> None:
         ledger = open_ledger(with_database(stoppable_stand_in.url, "outage"))
-        ledger.record(new_id(), "default", 1000, 1990)
+        ledger.record(new_id(), "default", 1000, 1990, ACCEPTED_MS)
         await until_visible(ledger, totals(default=(1, 1990)))
         stoppable_stand_in.stop()
-        ledger.record(new_id(), "default", 1001, 1990)
-        ledger.record(new_id(), "fallback", 1002, 5)
+        ledger.record(new_id(), "default", 1001, 1990, ACCEPTED_MS)
+        ledger.record(new_id(), "fallback", 1002, 5, ACCEPTED_MS)
         with pytest.raises(LedgerUnavailable):
             await ledger.summary(None, None)
         await asyncio.to_thread(stoppable_stand_in.start)

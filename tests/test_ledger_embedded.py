@@ -27,7 +27,7 @@ def test_summary_matches_brute_force_with_out_of_order_records() -> None:
         at = len(entries) + rng.randint(-300, 5)
         entry = (rng.choice(["default", "fallback"]), at, rng.randint(1, 10_000))
         entries.append(entry)
-        ledger.record(str(len(entries)), *entry)
+        ledger.record(str(len(entries)), *entry, 0)
     for _ in range(300):
         low = rng.choice([None, rng.randint(-400, 5100)])
         high = rng.choice([None, rng.randint(-400, 5100)])
@@ -38,7 +38,7 @@ def test_summary_matches_brute_force_with_out_of_order_records() -> None:
 
 def test_window_is_inclusive_at_both_ends() -> None:
     ledger = EmbeddedLedger()
-    ledger.record("a", "default", 1000, 1990)
+    ledger.record("a", "default", 1000, 1990, 0)
     assert asyncio.run(ledger.summary(1000, 1000))["default"] == Totals(1, 1990)
     assert asyncio.run(ledger.summary(1001, None))["default"] == Totals()
     assert asyncio.run(ledger.summary(None, 999))["default"] == Totals()
@@ -46,6 +46,6 @@ def test_window_is_inclusive_at_both_ends() -> None:
 
 def test_purge_empties_everything() -> None:
     ledger = EmbeddedLedger()
-    ledger.record("b", "fallback", 5, 100)
+    ledger.record("b", "fallback", 5, 100, 0)
     asyncio.run(ledger.purge())
     assert asyncio.run(ledger.summary(None, None)) == {"default": Totals(), "fallback": Totals()}

@@ -156,7 +156,7 @@ async def in_process(ops: int) -> list[tuple[str, float]]:
         }
         for name, (journal, count) in journals.items():
             journal.recover()
-            app = App(fresh_dispatcher(), ledger, journal, None, set())
+            app = App(fresh_dispatcher(), ledger, journal, set())
             connection = HttpConnection(app.handle, HttpServer(app.handle))
             transport = _CountingTransport()
             connection.connection_made(transport)  # type: ignore[arg-type]
@@ -173,7 +173,9 @@ async def in_process(ops: int) -> list[tuple[str, float]]:
     big = EmbeddedLedger()
     start = now_ms()
     for index in range(100_000):
-        big.record(str(index), random.choice(("default", "fallback")), start + index // 10, 1990)
+        big.record(
+            str(index), random.choice(("default", "fallback")), start + index // 10, 1990, 0
+        )
     windows = [
         (start + random.randint(0, 5000), start + random.randint(5000, 10_000))
         for _ in range(1000)
@@ -186,7 +188,7 @@ async def in_process(ops: int) -> list[tuple[str, float]]:
         )
     )
 
-    app = App(dispatcher, ledger, NoJournal(), None, set())
+    app = App(dispatcher, ledger, NoJournal(), set())
     metrics = MetricsServer(app, dispatcher, clients, NoJournal())
     rows.append(("a metrics scrape (/metrics body)", per_op_ns(metrics.render, 200)))
 

@@ -2,8 +2,7 @@
 
 One small interface, several stores. `record` never waits (a store that needs I/O batches it
 off the request path); `summary` answers for an inclusive window of epoch milliseconds, or
-raises `LedgerUnavailable` rather than give a figure it cannot vouch for. A `shared` store
-already holds every replica's payments, so replicas do not add up each other's.
+raises `LedgerUnavailable` rather than give a figure it cannot vouch for.
 """
 
 from __future__ import annotations
@@ -36,10 +35,13 @@ class LedgerUnavailable(Exception):
 
 
 class Ledger(Protocol):
-    shared: bool
-
     def record(
-        self, correlation_id: str, processor: str, requested_at_ms: int, cents: int
+        self,
+        correlation_id: str,
+        processor: str,
+        requested_at_ms: int,
+        cents: int,
+        accepted_ms: int,
     ) -> None: ...
 
     async def summary(self, from_ms: int | None, to_ms: int | None) -> Summary: ...

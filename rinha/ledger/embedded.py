@@ -42,13 +42,16 @@ class _Series:
 
 
 class EmbeddedLedger:
-    shared = False
-
     def __init__(self) -> None:
         self._series = {name: _Series() for name in PROCESSORS}
 
     def record(
-        self, correlation_id: str, processor: str, requested_at_ms: int, cents: int
+        self,
+        correlation_id: str,
+        processor: str,
+        requested_at_ms: int,
+        cents: int,
+        accepted_ms: int,
     ) -> None:
         # One record per confirmed payment is the dispatcher's invariant; ids are not kept.
         self._series[processor].add(requested_at_ms, cents)

@@ -1,4 +1,5 @@
-"""The MongoDB ledger: one collection that every replica writes and any replica reads.
+"""The MongoDB ledger: one collection that every replica writes and any replica reads, in the
+database that also holds the replicas' claims and leases (rinha/store.py).
 
 Strategy. `record` only appends a document to a list and returns. One background task, the
 writer, wakes when that list is not empty, waits `FLUSH_INTERVAL` to gather a batch, and
@@ -12,6 +13,13 @@ and the payment counting.
 Each document's `_id` is the payment's correlationId. A batch written again after its
 acknowledgement was lost, a journal replayed after a restart, or a payment two replicas both
 saw confirmed, stores nothing twice: the duplicate-key errors they meet mean "already there".
+
+A document also keeps when its payment was accepted (`acceptedMs`, the accepting replica's wall
+clock). A purge stores its moment in the `cluster` collection and deletes what was accepted up
+to then; a summary counts only payments accepted after the last purge, so that a replica still
+delivering what it accepted before the purge, because it has not seen the purge yet, adds
+nothing. A confirmation ends the payment's claim: the same write clears the claim's owner, so
+no replica takes over a payment that is confirmed.
 
 requestedAt is kept twice: as a BSON date for people reading the collection, and as integer
 epoch milliseconds, which the summary ranges on (exact on every server version). A summary is
@@ -33,6 +41,7 @@ from bson.datetime_ms import DatetimeMS
 from pymongo import ASCENDING, AsyncMongoClient
 from pymongo.errors import BulkWriteError, PyMongoError
 
+from rinha.clock import now_ms
 from rinha.ledger import LedgerUnavailable, Summary, Totals, empty_summary
 
 log = logging.getLogger("rinha")
@@ -53,7 +62,17 @@ SERVER_SELECTION_TIMEOUT_MS = 1000
 CONNECT_TIMEOUT_MS = 1000
 DATABASE = "rinha"  # unless the URL names one
 COLLECTION = "payments"
-INDEX = [("requestedAtMs", ASCENDING), ("processor", ASCENDING), ("cents", ASCENDING)]
+CLAIMS = "claims"
+CLUSTER = "cluster"
+PURGE_ID = "purge"  # in CLUSTER: {"atMs": the moment of the last purge}
+INDEX = [
+    ("requestedAtMs", ASCENDING),
+    ("processor", ASCENDING),
+    ("cents", ASCENDING),
+    ("acceptedMs", ASCENDING),
+]
+# Owned claims are pending payments: few, found by owner (rinha/store.py).
+CLAIMS_INDEX = [("owner", ASCENDING)]
 DUPLICATE_KEY = 11000
 # Stands for an open side of the window; BSON integers are signed 64-bit.
 LOWEST_MS, HIGHEST_MS = -(2**63), 2**63 - 1
@@ -62,8 +81,6 @@ Document = dict[str, Any]
 
 
 class MongoLedger:
-    shared = True
-
     def __init__(self, url: str) -> None:
         self._client: AsyncMongoClient[Document] = AsyncMongoClient(
             url,
@@ -71,7 +88,10 @@ class MongoLedger:
             connectTimeoutMS=CONNECT_TIMEOUT_MS,
             timeoutMS=OPERATION_TIMEOUT_MS,
         )
-        self._payments = self._client.get_default_database(DATABASE)[COLLECTION]
+        self.database = self._client.get_default_database(DATABASE)
+        self._payments = self.database[COLLECTION]
+        self._claims = self.database[CLAIMS]
+        self._cluster = self.database[CLUSTER]
         self._unwritten: list[Document] = []
         self._has_unwritten = asyncio.Event()
         # Counts forgets: a batch taken before one is not put back when its write fails.
@@ -81,7 +101,12 @@ class MongoLedger:
         self._writer = asyncio.get_running_loop().create_task(self._write_forever())
 
     def record(
-        self, correlation_id: str, processor: str, requested_at_ms: int, cents: int
+        self,
+        correlation_id: str,
+        processor: str,
+        requested_at_ms: int,
+        cents: int,
+        accepted_ms: int,
     ) -> None:
         self._unwritten.append(
             {
@@ -90,11 +115,22 @@ class MongoLedger:
                 "requestedAt": DatetimeMS(requested_at_ms),
                 "requestedAtMs": requested_at_ms,
                 "cents": cents,
+                "acceptedMs": accepted_ms,
             }
         )
         self._has_unwritten.set()
 
     async def summary(self, from_ms: int | None, to_ms: int | None) -> Summary:
+        try:
+            purged_at_ms = await self.purged_at_ms()
+        except PyMongoError as error:
+            raise LedgerUnavailable(f"summary failed: {error}") from error
+        return await self.confirmed(from_ms, to_ms, purged_at_ms)
+
+    async def confirmed(
+        self, from_ms: int | None, to_ms: int | None, purged_at_ms: int
+    ) -> Summary:
+        """The payments accepted after `purged_at_ms` and confirmed in the window."""
         if self._writer.done():
             self._writer.result()  # the writer only ends by a bug: raise it here
         window = {
@@ -102,7 +138,7 @@ class MongoLedger:
             "$lte": HIGHEST_MS if to_ms is None else to_ms,
         }
         pipeline: list[Document] = [
-            {"$match": {"requestedAtMs": window}},
+            {"$match": {"requestedAtMs": window, "acceptedMs": {"$gt": purged_at_ms}}},
             {"$group": {"_id": "$processor", "count": {"$sum": 1}, "cents": {"$sum": "$cents"}}},
         ]
         try:
@@ -116,18 +152,28 @@ class MongoLedger:
                 totals[row["_id"]] = Totals(row["count"], row["cents"])
         return totals
 
+    async def purged_at_ms(self) -> int:
+        purge = await self._cluster.find_one({"_id": PURGE_ID})
+        return 0 if purge is None else int(purge["atMs"])
+
     def forget(self) -> None:
         self._unwritten.clear()
         self._has_unwritten.clear()
         self._forgets += 1
 
     async def purge(self) -> None:
-        """Delete every payment, stored or not yet written. A batch being written finishes
-        first and is deleted with the rest; what is recorded after the call is kept."""
+        """Forget every payment accepted up to now, on every replica: stored, not yet written,
+        and claimed. A batch being written finishes first and is deleted with the rest."""
         self.forget()
+        at_ms = now_ms()
         async with self._writing:
             try:
-                await self._payments.delete_many({})
+                await self._cluster.update_one(
+                    {"_id": PURGE_ID}, {"$max": {"atMs": at_ms}}, upsert=True
+                )
+                forgotten = {"acceptedMs": {"$lte": at_ms}}
+                await self._payments.delete_many(forgotten)
+                await self._claims.delete_many(forgotten)
             except PyMongoError as error:
                 raise LedgerUnavailable(f"purge failed: {error}") from error
 
@@ -156,6 +202,7 @@ class MongoLedger:
     async def _create_index(self) -> bool:
         try:
             await self._payments.create_index(INDEX)
+            await self._claims.create_index(CLAIMS_INDEX)
         except PyMongoError as error:
             log.warning("ledger index not created yet: %s", error)
             return False
@@ -173,6 +220,7 @@ class MongoLedger:
                 return True
             try:
                 await self._payments.insert_many(batch, ordered=False)
+                await self._end_claims(batch)
                 return True
             except BulkWriteError as error:
                 failed = _not_stored(batch, error.details)
@@ -186,7 +234,18 @@ class MongoLedger:
             if failed and forgets == self._forgets:
                 self._unwritten[:0] = failed
                 self._has_unwritten.set()
+            if len(failed) < len(batch):
+                await self._end_claims([doc for doc in batch if doc not in failed])
             return not failed
+
+    async def _end_claims(self, confirmed: list[Document]) -> None:
+        """Best effort: a claim left owned only makes a replica that takes it over find the
+        payment stored on its processor."""
+        ids = [doc["_id"] for doc in confirmed]
+        try:
+            await self._claims.update_many({"_id": {"$in": ids}}, {"$unset": {"owner": ""}})
+        except PyMongoError as error:
+            log.warning("claims of %d confirmed payments not ended: %s", len(ids), error)
 
 
 def _not_stored(batch: list[Document], details: Mapping[str, Any]) -> list[Document]:

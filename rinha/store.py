@@ -1,0 +1,432 @@
+"""Replicas that share nothing but the store: with the ledger in MongoDB, any number of replicas
+on any hosts, each started alone, no peer named (README, "Several machines").
+
+Every part lives in the ledger's database, beside the confirmed payments (rinha/ledger/mongodb.py):
+
+- **Claims** (`claims`, one document per correlationId: `owner`, `cents`, `acceptedMs`). A
+  replica answers 202 after its journal line, as always, and its claims are inserted off the
+  POST path, every 20 ms, in one `insert_many(ordered=False)`. A payment is sent only after its
+  claim is stored; when another replica's claim on the same id is there first, this replica
+  drops its copy. A confirmation clears the claim's owner, so the owned claims are exactly the
+  pending payments.
+- **Leases** (`cluster`, `{_id: "replica:<run>", expiresMs}`). Each run of
+  a replica has a name of its own and renews its lease every 0.5 s for 3 s ahead. The live
+  leases divide the processors' 800 calls at once; a lease that expired marks a dead replica,
+  whose claims a live one takes over: it moves them to itself (`update_many` on `owner`, so
+  each claim moves once), then looks each payment up on both processors, because the dead
+  replica may have sent it to either, until `--settle-after` has passed, longer than any of its
+  attempts can take; found, it is recorded as found, else routed afresh. A replica whose lease
+  lapses (the store out of reach) starts no attempt until it is renewed, and one that finds its
+  lease taken over exits: others own its payments now.
+- **The health poller** (`{_id: "poller", holder, expiresMs}`): the live replica that holds
+  this lease polls the processors' health and stores each report (`{_id: "health"}`); every
+  replica applies a new report at its next renewal, within 0.5 s.
+- **Purge** (`{_id: "purge", atMs}`, rinha/ledger/mongodb.py): every replica forgets, at its
+  next renewal, the payments it accepted up to that moment.
+
+A replica restarted on the same journal takes over its previous run at once: what the journal
+says of each payment (sent where, with which requestedAt) still holds, so only payments the
+journal does not know are looked up on both processors.
+
+Clocks: leases and the purge compare the replicas' wall clocks, so the hosts' clocks must agree
+(NTP) to well within the lease's 3 s and the gap a client leaves after a purge.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import uuid
+from typing import Any
+
+from pymongo.errors import BulkWriteError, PyMongoError
+
+from rinha.clock import now_ms
+from rinha.cluster import poll_health
+from rinha.dispatcher import Dispatcher
+from rinha.journal import Journal, NoJournal, Recovered
+from rinha.ledger import LedgerUnavailable, Summary, Totals
+from rinha.ledger.mongodb import CLAIMS, CLUSTER, DUPLICATE_KEY, PURGE_ID, MongoLedger
+from rinha.payments import Payment
+from rinha.processor_client import HealthReport, ProcessorClient
+
+log = logging.getLogger("rinha")
+
+CLAIM_INTERVAL = 0.02
+CLAIM_BATCH = 1000
+RENEW_INTERVAL = 0.5
+LEASE_MS = 3000
+# The processors take 800 calls at once in all; a few stay free for lookups and health calls.
+PROCESSOR_SLOTS = 780
+# Claims moved from one dead replica per renewal, so that several live ones share them.
+TAKEOVER_BATCH = 200
+# A dead lease that owns nothing is deleted this long after it expired.
+FORGET_DEAD_AFTER_MS = 60_000
+POLLER_ID = "poller"
+HEALTH_ID = "health"
+REPLICA_PREFIX = "replica:"
+# The exit status of a replica that found its lease taken over.
+TAKEN_OVER = 3
+
+Document = dict[str, Any]
+
+
+class Store:
+    def __init__(
+        self,
+        ledger: MongoLedger,
+        dispatcher: Dispatcher,
+        clients: dict[str, ProcessorClient],
+        journal: Journal | NoJournal,
+        accepted: set[str],
+        health_interval: float,
+    ) -> None:
+        self._ledger = ledger
+        self._claims = ledger.database[CLAIMS]
+        self._cluster = ledger.database[CLUSTER]
+        self._dispatcher = dispatcher
+        self._clients = clients
+        self._journal = journal
+        self._accepted = accepted
+        self._health_interval = health_interval
+        self.name = REPLICA_PREFIX + uuid.uuid4().hex
+        self._loop = asyncio.get_running_loop()
+        self._unclaimed: list[Payment] = []
+        self._claiming: list[Payment] = []  # the batch being written
+        self._has_unclaimed = asyncio.Event()
+        self._purged_at_ms = 0
+        self._health_at_ms = 0
+        self._poller: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._back_at = -math.inf  # when its lease was renewed after it had lapsed
+        self._taken_up: set[str] = set()  # of its previous run's payments, at start
+
+    async def start(self, recovered: Recovered) -> None:
+        """Take this run's lease, then take up what the journal's previous run left: the
+        payments still its own in the store, as the journal knows them; those it accepted and
+        never claimed, to be claimed now; those only the store knows, looked up on both
+        processors. Waits for the store."""
+        self._dispatcher.allow(-math.inf, 0)  # nothing leaves before the first renewal
+        while True:
+            try:
+                await self._cluster.update_one(
+                    {"_id": self.name}, {"$set": self._lease(now_ms())}, upsert=True
+                )
+                await self._cluster.update_one(
+                    {"_id": POLLER_ID}, {"$setOnInsert": {"expiresMs": 0}}, upsert=True
+                )
+                self._purged_at_ms = await self._ledger.purged_at_ms()
+                break
+            except PyMongoError as error:
+                log.warning("waiting for the store: %s", error)
+                await asyncio.sleep(1.0)
+        purged_at_ms = self._purged_at_ms
+        known = {
+            correlation_id: payment
+            for correlation_id, payment in recovered.pending.items()
+            if payment.accepted_ms > purged_at_ms
+        }
+        # A purge this journal has not seen forgot these ids: they may be accepted anew.
+        self._accepted.difference_update(
+            [p.correlation_id for p in recovered.pending.values() if p.accepted_ms <= purged_at_ms]
+            + [
+                c.correlation_id
+                for c in recovered.confirmed_entries
+                if c.accepted_ms <= purged_at_ms
+            ]
+        )
+        previous = recovered.last_incarnation
+        if previous is None:
+            unclaimed = list(known.values())
+        else:
+            while True:
+                try:
+                    unclaimed = await self._take_over_previous(previous, known)
+                    break
+                except PyMongoError as error:
+                    log.warning("taking up the previous run's payments: %s", error)
+                    await asyncio.sleep(1.0)
+        for payment in unclaimed:
+            self.claim(payment)
+        self._dispatcher.restore(unclaimed)
+        self._journal.incarnation(self.name)
+        self._tasks = [
+            self._loop.create_task(self._claim_forever()),
+            self._loop.create_task(self._renew_forever()),
+        ]
+
+    async def close(self) -> None:
+        """Its lease stays: it expires, and whoever marks it dead finds what is left, if
+        anything."""
+        for task in [*self._tasks, *([self._poller] if self._poller else [])]:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def claim(self, payment: Payment) -> None:
+        """Claim an accepted payment in the store; it waits in the dispatcher meanwhile."""
+        payment.owned = None
+        self._unclaimed.append(payment)
+        self._has_unclaimed.set()
+
+    async def summary(self, from_ms: int | None, to_ms: int | None) -> Summary:
+        """The store's confirmed payments, and its owned claims as the pending ones, plus
+        this replica's own payments whose claims are not stored yet (another replica's are
+        missing for those few milliseconds)."""
+        claiming = [p for p in self._unclaimed + self._claiming if p.owned is None]
+        pending = Totals(len(claiming), sum(payment.cents for payment in claiming))
+        try:
+            purged_at_ms = await self._ledger.purged_at_ms()
+            cursor = await self._claims.aggregate(
+                [
+                    {"$match": self._owned_since(purged_at_ms)},
+                    {"$group": {"_id": None, "count": {"$sum": 1}, "cents": {"$sum": "$cents"}}},
+                ]
+            )
+            for row in await cursor.to_list():
+                pending = pending + Totals(row["count"], row["cents"])
+        except PyMongoError as error:
+            raise LedgerUnavailable(f"summary failed: {error}") from error
+        totals = await self._ledger.confirmed(from_ms, to_ms, purged_at_ms)
+        totals["pending"] = pending
+        return totals
+
+    async def purge(self) -> None:
+        """Every replica forgets what it accepted up to now: this one at once, the others at
+        their next renewal."""
+        self._forget(now_ms())
+        await self._ledger.purge()
+
+    @staticmethod
+    def _owned_since(purged_at_ms: int, owner: str | None = None) -> Document:
+        """Claims of pending payments accepted after the last purge (of `owner`'s, if given)."""
+        owned: Any = {"$exists": True} if owner is None else owner
+        return {"owner": owned, "acceptedMs": {"$gt": purged_at_ms}}
+
+    # claims
+
+    async def _claim_forever(self) -> None:
+        while True:
+            await self._has_unclaimed.wait()
+            await asyncio.sleep(CLAIM_INTERVAL)
+            try:
+                await self._claim_once()
+            except Exception:
+                log.exception("claims not stored yet")
+                await asyncio.sleep(RENEW_INTERVAL)
+
+    async def _claim_once(self) -> None:
+        batch = self._claiming = self._unclaimed[:CLAIM_BATCH]
+        del self._unclaimed[:CLAIM_BATCH]
+        if not self._unclaimed:
+            self._has_unclaimed.clear()
+        if not batch:
+            return  # a purge forgot them
+        try:
+            await self._claim_batch(batch)
+        except BaseException:
+            self._unclaimed[:0] = [p for p in batch if p.owned is None]
+            self._has_unclaimed.set()
+            raise
+        finally:
+            self._claiming = []
+
+    async def _claim_batch(self, batch: list[Payment]) -> None:
+        docs = [
+            {
+                "_id": payment.correlation_id,
+                "owner": self.name,
+                "cents": payment.cents,
+                "acceptedMs": payment.accepted_ms,
+            }
+            for payment in batch
+        ]
+        taken: set[int] = set()
+        try:
+            await self._claims.insert_many(docs, ordered=False)
+        except BulkWriteError as error:
+            errors = error.details.get("writeErrors", ())
+            if error.details.get("writeConcernErrors") or any(
+                e.get("code") != DUPLICATE_KEY for e in errors
+            ):
+                raise
+            taken = {e["index"] for e in errors}
+        for index, payment in enumerate(batch):
+            if index not in taken:
+                payment.owned = True
+        if taken:
+            await self._settle_duplicates([batch[index] for index in taken])
+        self._dispatcher.wake()
+
+    async def _settle_duplicates(self, payments: list[Payment]) -> None:
+        """Claims refused because the id is claimed already: whose is it?"""
+        ids = [payment.correlation_id for payment in payments]
+        claims = {doc["_id"]: doc async for doc in self._claims.find({"_id": {"$in": ids}})}
+        purged_at_ms = await self._ledger.purged_at_ms()
+        for payment in payments:
+            claim = claims.get(payment.correlation_id)
+            if claim is None:
+                continue  # purged since: claimed again by the next batch
+            if claim["acceptedMs"] <= purged_at_ms:
+                # Claimed before a purge by a replica that had not seen it yet: the id is free.
+                forgotten = {"$lte": purged_at_ms}
+                await self._claims.delete_one(
+                    {"_id": payment.correlation_id, "acceptedMs": forgotten}
+                )
+                continue
+            # This run's own claim, stored by a write whose answer was lost; or another
+            # replica's (owned by it, confirmed, or taken over here from a dead one, which
+            # the copy taken over delivers): this copy is dropped.
+            payment.owned = claim.get("owner") == self.name and "takenFrom" not in claim
+
+    # leases
+
+    def _lease(self, at_ms: int) -> Document:
+        return {"_id": self.name, "expiresMs": at_ms + LEASE_MS}
+
+    async def _renew_forever(self) -> None:
+        while True:
+            try:
+                await self._renew()
+            except Exception:
+                log.exception("lease not renewed")
+                self._hold_poller(False)  # another replica may hold it by now
+            await asyncio.sleep(RENEW_INTERVAL)
+
+    async def _renew(self) -> None:
+        started = self._loop.time()
+        at_ms = now_ms()
+        renewed = await self._cluster.update_one(
+            {"_id": self.name, "dead": {"$ne": True}}, {"$set": self._lease(at_ms)}
+        )
+        if not renewed.matched_count:
+            log.critical("this replica's lease was taken over: its payments are another's now")
+            os._exit(TAKEN_OVER)
+        # Back after its own lease lapsed: the others may be coming back too, so it waits
+        # one lease before it takes any of them over.
+        if started >= self._dispatcher.send_until:
+            self._back_at = started
+        holder = await self._cluster.update_one(
+            {"_id": POLLER_ID, "$or": [{"holder": self.name}, {"expiresMs": {"$lt": at_ms}}]},
+            {"$set": {"holder": self.name, "expiresMs": at_ms + LEASE_MS}},
+        )
+        self._hold_poller(bool(holder.matched_count))
+        docs = {doc["_id"]: doc async for doc in self._cluster.find({})}
+        purge = docs.get(PURGE_ID)
+        if purge is not None and purge["atMs"] > self._purged_at_ms:
+            self._forget(purge["atMs"])
+            await self._claims.delete_many(
+                {"owner": self.name, "acceptedMs": {"$lte": purge["atMs"]}}
+            )
+        health = docs.get(HEALTH_ID)
+        if health is not None and health["atMs"] > self._health_at_ms:
+            self._health_at_ms = health["atMs"]
+            for name, (failing, min_response_ms) in health["reports"].items():
+                self._dispatcher.apply_health(name, HealthReport(failing, min_response_ms))
+        leases = [doc for key, doc in docs.items() if key.startswith(REPLICA_PREFIX)]
+        live = [doc for doc in leases if not doc.get("dead") and doc["expiresMs"] >= at_ms]
+        self._dispatcher.allow(started + LEASE_MS / 1000, PROCESSOR_SLOTS // max(len(live), 1))
+        if started - self._back_at < LEASE_MS / 1000:
+            return
+        for lease in leases:
+            if lease["_id"] != self.name and (lease.get("dead") or lease["expiresMs"] < at_ms):
+                await self._take_over(lease, at_ms)
+
+    def _hold_poller(self, holds: bool) -> None:
+        if holds and self._poller is None:
+            log.info("this replica polls the processors' health")
+            self._poller = self._loop.create_task(
+                poll_health(self._clients, self._health_interval, self._publish)
+            )
+        elif not holds and self._poller is not None:
+            self._poller.cancel()
+            self._poller = None
+
+    async def _publish(self, reports: dict[str, HealthReport]) -> None:
+        at_ms = now_ms()
+        for name, report in reports.items():
+            self._dispatcher.apply_health(name, report)
+        self._health_at_ms = at_ms
+        stored = {
+            name: [report.failing, report.min_response_ms] for name, report in reports.items()
+        }
+        try:
+            await self._cluster.update_one(
+                {"_id": HEALTH_ID}, {"$set": {"atMs": at_ms, "reports": stored}}, upsert=True
+            )
+        except PyMongoError as error:
+            log.warning("health report not stored: %s", error)
+
+    # purge and takeover
+
+    def _forget(self, up_to_ms: int) -> None:
+        self._purged_at_ms = max(self._purged_at_ms, up_to_ms)
+        self._unclaimed = [p for p in self._unclaimed if p.accepted_ms > up_to_ms]
+        kept = self._dispatcher.purge(up_to_ms)
+        self._accepted.clear()
+        self._accepted.update(payment.correlation_id for payment in kept)
+
+    async def _take_over(self, lease: Document, at_ms: int) -> None:
+        """Mark a lease that expired dead (unless it was renewed meanwhile), then move a
+        share of its claims here one by one, each looked up on both processors. A dead lease
+        stays, so that a claim its replica stored late is found too, until it owns nothing
+        and has been dead a while."""
+        dead = lease["_id"]
+        if not lease.get("dead"):
+            marked = await self._cluster.update_one(
+                {"_id": dead, "expiresMs": {"$lt": at_ms}}, {"$set": {"dead": True}}
+            )
+            if not marked.matched_count:
+                return  # renewed after all
+        for _ in range(TAKEOVER_BATCH):
+            if self._dispatcher.full:
+                return
+            doc = await self._claims.find_one_and_update(
+                self._owned_since(self._purged_at_ms, dead),
+                {"$set": {"owner": self.name, "takenFrom": dead}},
+            )
+            if doc is None:
+                if lease["expiresMs"] < at_ms - FORGET_DEAD_AFTER_MS:
+                    await self._cluster.delete_one({"_id": dead, "dead": True})
+                return
+            self._adopt(doc)
+
+    def _adopt(self, doc: Document) -> None:
+        payment = Payment(doc["_id"], doc["cents"], doc["acceptedMs"])
+        self._accepted.add(payment.correlation_id)
+        self._dispatcher.adopt(payment)
+
+    async def _take_over_previous(self, previous: str, known: dict[str, Payment]) -> list[Payment]:
+        """This journal's previous run is dead (the journal's lock is ours): its payments are
+        this run's, without waiting for its lease to expire. Each one its journal knows goes
+        on as the journal says; one only the store knows is looked up on both processors.
+        Returns the payments the journal knows and the store does not: accepted, never
+        claimed. Safe to call again after a failure."""
+        await self._cluster.update_one({"_id": previous}, {"$set": {"dead": True}})
+        while True:
+            doc = await self._claims.find_one_and_update(
+                self._owned_since(self._purged_at_ms, previous),
+                {"$set": {"owner": self.name}},
+            )
+            if doc is None:
+                break
+            payment = known.get(doc["_id"])
+            if payment is not None:
+                self._dispatcher.restore([payment])
+                self._taken_up.add(payment.correlation_id)
+            elif doc["_id"] not in self._taken_up and not self._dispatcher.full:
+                self._adopt(doc)
+                self._taken_up.add(doc["_id"])
+            else:
+                # No room: back to the dead run, for whoever takes it over next.
+                await self._claims.update_one(
+                    {"_id": doc["_id"], "owner": self.name}, {"$set": {"owner": previous}}
+                )
+                break
+        rest = [i for i in known if i not in self._taken_up]
+        claimed = {
+            doc["_id"] async for doc in self._claims.find({"_id": {"$in": rest}}, {"_id": 1})
+        }
+        # Claimed by another replica, confirmed, or taken over while this one was down.
+        return [known[i] for i in rest if i not in claimed]

@@ -1,0 +1,314 @@
+"""Replicas that share nothing but the store (rinha/store.py): three replicas, each on an address
+of its own (127.0.0.11–13) with a journal in a directory of its own, no peer named, behind
+HAProxy over TCP, against the SecantusDB stand-in for MongoDB (tests/test_ledger_contract.py
+says how it is found and why it is a stand-in)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import subprocess
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pymongo
+import pytest
+
+from tests.processes import Process, call, free_port
+from tests.test_ledger_contract import mongo_url, with_database  # noqa: F401 (a fixture)
+
+HAPROXY_CONFIG = Path(__file__).resolve().parent.parent / "haproxy" / "haproxy.cfg"
+HOSTS = ("127.0.0.11", "127.0.0.12", "127.0.0.13")
+ADMIN = {"X-Rinha-Token": "123"}
+TOTALS = ("totalRequests", "totalAmount")
+# The test's audit window ends 1.5 s before now (SPEC.md §4).
+AUDIT_LAG = timedelta(seconds=1.5)
+# Short, so that a dead replica's payments are taken up within seconds: no attempt in these
+# tests outlives the 1 s timeout (the emulators' delays stay at 100 ms at most).
+OPTIONS = ["--health-interval", "0.2", "--max-hold", "0.3"]
+OPTIONS += ["--processor-timeout", "1", "--settle-after", "3"]
+
+
+def iso(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+@dataclass
+class Replica:
+    process: Process
+    journal: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.process.host}:{self.process.port}"
+
+    def summary(self) -> dict[str, Any]:
+        reply = call(self.process.port, "GET", "/payments-summary", host=self.process.host)
+        assert reply.status == 200, reply
+        return reply.json()
+
+    def name(self) -> str:
+        """This run's name in the store, from its journal."""
+        lines = self.journal.read_text().splitlines()
+        return [line.split()[1] for line in lines if line.startswith("I ")][-1]
+
+
+@dataclass
+class StoreCluster:
+    replicas: list[Replica]
+    haproxy: subprocess.Popen[bytes]
+    port: int
+    database: Any
+
+    def poller(self) -> str | None:
+        doc = self.database["cluster"].find_one({"_id": "poller"})
+        return None if doc is None else doc.get("holder")
+
+
+@pytest.fixture
+def store_cluster(
+    mongo_url: str,  # noqa: F811 (the fixture imported above)
+    fresh_processors: Any,
+    tmp_path: Path,
+) -> Iterator[StoreCluster]:
+    haproxy = shutil.which("haproxy")
+    if haproxy is None:
+        pytest.skip("haproxy is not installed (apt-get install haproxy)")
+    url = with_database(mongo_url, f"store_{uuid.uuid4().hex[:12]}")
+    env = {
+        "RINHA_LEDGER": url,
+        "PROCESSOR_DEFAULT_URL": fresh_processors.default.url,
+        "PROCESSOR_FALLBACK_URL": fresh_processors.fallback.url,
+    }
+    replicas = []
+    for index, host in enumerate(HOSTS, 1):
+        journal = tmp_path / f"host-{index}" / "journal"
+        port = free_port()
+        args = ["-m", "rinha", "serve", "--host", host, "--port", str(port)]
+        args += ["--journal", str(journal), *OPTIONS]
+        process = Process(args, port, env, host=host).start("/payments-summary")
+        replicas.append(Replica(process, journal))
+    port, stats_port = free_port(), free_port()
+    balancer_env = {
+        **os.environ,
+        "RINHA_BIND": f"127.0.0.1:{port}",
+        "RINHA_STATS_BIND": f"127.0.0.1:{stats_port}",
+    }
+    for index, replica in enumerate(replicas, 1):
+        balancer_env[f"RINHA_REPLICA_{index}"] = f"{replica.process.host}:{replica.process.port}"
+    balancer = subprocess.Popen([haproxy, "-db", "-f", str(HAPROXY_CONFIG)], env=balancer_env)
+    client: Any = pymongo.MongoClient(url, serverSelectionTimeoutMS=2000)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                if call(port, "GET", "/payments-summary").status == 200:
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "haproxy did not start"
+            time.sleep(0.05)
+        yield StoreCluster(replicas, balancer, port, client.get_default_database())
+    finally:
+        balancer.terminate()
+        balancer.wait(10)
+        for replica in replicas:
+            replica.process.stop()
+        client.close()
+
+
+async def burst(
+    cluster: StoreCluster,
+    processors: Any,
+    payments: int,
+    meanwhile: Callable[[asyncio.Event], Awaitable[None]] | None = None,
+) -> tuple[set[str], list[str]]:
+    """Payments while the default fails part of the time: each one sent through HAProxy and
+    straight to a replica, so that two replicas receive most ids; every replica's summary
+    audited every 0.3 s against the processors'. `meanwhile` runs alongside, and may pause the
+    senders with the event it is given. The ids answered 202 at least once, and the audit's
+    differences."""
+    start = datetime.now(UTC) - timedelta(seconds=1)
+    accepted: set[str] = set()
+    differences: list[str] = []
+    done = asyncio.Event()
+    pause = asyncio.Event()
+    async with aiohttp.ClientSession() as session:
+
+        async def post(base: str, correlation_id: str) -> None:
+            body = {"correlationId": correlation_id, "amount": 19.90}
+            try:
+                async with session.post(f"{base}/payments", json=body) as answer:
+                    if answer.status == 202:
+                        accepted.add(correlation_id)
+            except aiohttp.ClientError:
+                pass  # its replica was killed: never answered 2xx
+
+        async def send(offset: int) -> None:
+            for index in range(offset, payments, 10):
+                while pause.is_set():
+                    await asyncio.sleep(0.01)
+                correlation_id = str(uuid.uuid4())
+                replica = cluster.replicas[index % len(cluster.replicas)]
+                await asyncio.gather(
+                    post(f"http://127.0.0.1:{cluster.port}", correlation_id),
+                    post(replica.url, correlation_id),
+                )
+                await asyncio.sleep(0.02)
+
+        async def stir() -> None:
+            failing = False
+            while not done.is_set():
+                url = f"{processors.default.url}/admin/configurations/failure"
+                if pause.is_set():
+                    await asyncio.sleep(0.05)
+                    continue
+                failing = not failing
+                async with session.put(url, json={"failure": failing}, headers=ADMIN):
+                    pass
+                await asyncio.sleep(0.5)
+            async with session.put(url, json={"failure": False}, headers=ADMIN):
+                pass
+
+        async def audit() -> None:
+            while not done.is_set():
+                window = {"from": iso(start), "to": iso(datetime.now(UTC) - AUDIT_LAG)}
+                theirs = {}
+                for name in ("default", "fallback"):
+                    url = getattr(processors, name).url + "/admin/payments-summary"
+                    async with session.get(url, params=window, headers=ADMIN) as answer:
+                        theirs[name] = await answer.json()
+                for replica in cluster.replicas:
+                    try:
+                        url = f"{replica.url}/payments-summary"
+                        async with session.get(url, params=window) as answer:
+                            ours = await answer.json()
+                    except aiohttp.ClientError:
+                        continue  # killed
+                    for name in theirs:
+                        for key in ("totalRequests", "totalAmount"):
+                            if ours[name][key] != theirs[name][key]:
+                                differences.append(
+                                    f"{replica.url} {window} {name} {key}: ours "
+                                    f"{ours[name][key]} theirs {theirs[name][key]}"
+                                )
+                await asyncio.sleep(0.3)
+
+        stirring = asyncio.create_task(stir())
+        auditing = asyncio.create_task(audit())
+        sending = [send(offset) for offset in range(10)]
+        await asyncio.gather(*sending, *([meanwhile(pause)] if meanwhile else []))
+        await asyncio.sleep(AUDIT_LAG.total_seconds())
+        done.set()
+        await asyncio.gather(stirring, auditing)
+    return accepted, differences
+
+
+def settled(replicas: list[Replica], processors: Any, timeout: float = 30.0) -> dict[str, Any]:
+    """Every replica's summary once nothing is pending, each equal to the processors'."""
+    deadline = time.monotonic() + timeout
+    while any(replica.summary()["pending"]["totalRequests"] for replica in replicas):
+        assert time.monotonic() < deadline, [replica.summary() for replica in replicas]
+        time.sleep(0.1)
+    theirs = {
+        name: {key: getattr(processors, name).summary()[key] for key in TOTALS}
+        for name in ("default", "fallback")
+    }
+    for replica in replicas:
+        ours = replica.summary()
+        assert {name: ours[name] for name in theirs} == theirs, replica.url
+    return theirs
+
+
+def assert_processed_once(ids: set[str], processors: Any) -> None:
+    """Every id stored by exactly one processor, and nothing else stored."""
+    for correlation_id in ids:
+        found = [
+            name
+            for name in ("default", "fallback")
+            if getattr(processors, name).admin("GET", f"/payments/{correlation_id}").status == 200
+        ]
+        assert len(found) == 1, (correlation_id, found)
+    theirs = [getattr(processors, name).summary() for name in ("default", "fallback")]
+    assert sum(summary["totalRequests"] for summary in theirs) == len(ids)
+
+
+def test_replicas_that_share_only_the_store_charge_each_payment_once(
+    store_cluster: StoreCluster, fresh_processors: Any
+) -> None:
+    accepted, differences = asyncio.run(burst(store_cluster, fresh_processors, 300))
+    assert len(accepted) == 300
+    assert differences == []
+    theirs = settled(store_cluster.replicas, fresh_processors)
+    assert theirs["default"]["totalRequests"] and theirs["fallback"]["totalRequests"]
+    assert_processed_once(accepted, fresh_processors)
+
+
+def test_a_replica_killed_for_good_loses_nothing_and_the_poller_moves(
+    store_cluster: StoreCluster, fresh_processors: Any
+) -> None:
+    names = {replica.name(): replica for replica in store_cluster.replicas}
+    polling = store_cluster.poller()
+    assert polling in names
+    dead = names[polling]
+    survivors = [replica for replica in store_cluster.replicas if replica is not dead]
+
+    async def kill_mid_burst(pause: asyncio.Event) -> None:
+        await asyncio.sleep(0.6)
+        # A host that dies for good loses the 202s of its last claim interval (20 ms, README):
+        # the senders pause for ten times that, so that no 202 falls in it. Both processors
+        # fail meanwhile, so that it dies holding payments, and with more on their way.
+        pause.set()
+        fresh_processors.default.set_delay(100)
+        for processor in (fresh_processors.default, fresh_processors.fallback):
+            processor.set_failure(True)
+        await asyncio.sleep(0.2)
+        fresh_processors.default.set_failure(False)
+        await asyncio.sleep(0.05)  # its probe of the default, at least, is under way
+        assert dead.process.popen is not None
+        dead.process.popen.send_signal(signal.SIGKILL)
+        dead.process.popen.wait()
+        shutil.rmtree(dead.journal.parent)  # the host is gone, its disk too
+        fresh_processors.fallback.set_failure(False)
+        fresh_processors.default.set_delay(0)
+        pause.clear()
+
+    accepted, _ = asyncio.run(burst(store_cluster, fresh_processors, 600, kill_mid_burst))
+    # Another replica holds the poller's lease and polls within a few seconds of the death.
+    deadline = time.monotonic() + 10
+    while store_cluster.poller() in (polling, None):
+        assert time.monotonic() < deadline, store_cluster.poller()
+        time.sleep(0.1)
+    assert store_cluster.poller() in {replica.name() for replica in survivors}
+    calls = fresh_processors.default.admin("GET", "/admin/health-calls").json()["answered"]
+    time.sleep(1.0)
+    assert fresh_processors.default.admin("GET", "/admin/health-calls").json()["answered"] > calls
+    settled(survivors, fresh_processors)
+    assert_processed_once(accepted, fresh_processors)
+
+
+def test_a_replica_killed_and_started_again_on_its_journal_takes_up_its_own_payments(
+    store_cluster: StoreCluster, fresh_processors: Any
+) -> None:
+    """Killed without a pause: its last 202s may not be claimed in the store yet, but they
+    are in its journal, as are the attempts it had under way."""
+    victim = store_cluster.replicas[1]
+
+    async def kill_and_restart(pause: asyncio.Event) -> None:
+        await asyncio.sleep(0.6)
+        fresh_processors.default.set_delay(100)
+        victim.process.stop(signal.SIGKILL)
+        await asyncio.to_thread(victim.process.start, "/payments-summary")
+        fresh_processors.default.set_delay(0)
+
+    accepted, _ = asyncio.run(burst(store_cluster, fresh_processors, 600, kill_and_restart))
+    settled(store_cluster.replicas, fresh_processors)
+    assert_processed_once(accepted, fresh_processors)
