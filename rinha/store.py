@@ -366,6 +366,13 @@ class Store:
         kept = self._dispatcher.purge(up_to_ms)
         self._accepted.clear()
         self._accepted.update(payment.correlation_id for payment in kept)
+        if not kept:
+            # Everything in the journal is forgotten: its next start needs none of it. (With
+            # payments kept, the store's purge moment sorts the journal out at that start.)
+            try:
+                self._journal.purged()
+            except OSError as error:
+                log.warning("purge not journaled: %s", error)
 
     async def _take_over(self, lease: Document, at_ms: int) -> None:
         """Mark a lease that expired dead (unless it was renewed meanwhile), then move a

@@ -312,3 +312,45 @@ def test_a_replica_killed_and_started_again_on_its_journal_takes_up_its_own_paym
     accepted, _ = asyncio.run(burst(store_cluster, fresh_processors, 600, kill_and_restart))
     settled(store_cluster.replicas, fresh_processors)
     assert_processed_once(accepted, fresh_processors)
+
+
+def test_a_purge_on_one_replica_is_obeyed_by_every_replica(
+    store_cluster: StoreCluster, fresh_processors: Any
+) -> None:
+    asked, holder, other = store_cluster.replicas
+    for processor in (fresh_processors.default, fresh_processors.fallback):
+        processor.set_failure(True)  # the payments wait in their replica
+    held = [str(uuid.uuid4()) for _ in range(10)]
+    for index, correlation_id in enumerate(held):
+        replica = (holder, other)[index % 2]
+        body = {"correlationId": correlation_id, "amount": 19.90}
+        reply = call(replica.process.port, "POST", "/payments", body, host=replica.process.host)
+        assert reply.status == 202
+    deadline = time.monotonic() + 5
+    while asked.summary()["pending"]["totalRequests"] < len(held):
+        assert time.monotonic() < deadline, asked.summary()
+        time.sleep(0.05)
+    assert (
+        call(asked.process.port, "POST", "/purge-payments", host=asked.process.host).status == 200
+    )
+    for replica in store_cluster.replicas:  # at once, on every replica
+        assert replica.summary()["pending"]["totalRequests"] == 0
+    time.sleep(1.0)  # every replica has renewed its lease since, and forgotten
+    for processor in (fresh_processors.default, fresh_processors.fallback):
+        processor.set_failure(False)
+    later = str(uuid.uuid4())
+    body = {"correlationId": later, "amount": 5.00}
+    assert (
+        call(holder.process.port, "POST", "/payments", body, host=holder.process.host).status
+        == 202
+    )
+    theirs = settled(store_cluster.replicas, fresh_processors)
+    assert theirs["default"]["totalRequests"] + theirs["fallback"]["totalRequests"] == 1
+    assert_processed_once({later}, fresh_processors)
+    # A purged id is free again: sent anew, it is a new payment.
+    body = {"correlationId": held[0], "amount": 19.90}
+    assert (
+        call(other.process.port, "POST", "/payments", body, host=other.process.host).status == 202
+    )
+    settled(store_cluster.replicas, fresh_processors)
+    assert_processed_once({later, held[0]}, fresh_processors)
