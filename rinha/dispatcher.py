@@ -203,7 +203,8 @@ class Dispatcher:
         found, it is recorded, else it waits in line as if accepted here."""
         if self.full:
             raise ValueError("no room for a payment taken over")
-        payment.anywhere_until = self._loop.time() + self._settings.settle_after
+        payment.accepted_at = self._loop.time()
+        payment.anywhere_until = payment.accepted_at + self._settings.settle_after
         self.pending_count += 1
         self.pending_cents += payment.cents
         self._adopted.add(payment)
@@ -426,6 +427,10 @@ class Dispatcher:
         """One fresh attempt on `name`: how it ended (as `_carry`), None when unknown (to be
         settled on `name`)."""
         health = self.health[name]
+        if self._loop.time() >= self.send_until:  # the lease lapsed since the pass
+            if probe:
+                health.end_probe()
+            return Outcome.REFUSED
         try:
             requested_at = now_ms() + health.min_response_ms + self._settings.stamp_ahead_ms
             payment.requested_at_ms = requested_at

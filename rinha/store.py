@@ -60,8 +60,10 @@ RENEW_INTERVAL = 0.5
 LEASE_MS = 3000
 # The processors take 800 calls at once in all; a few stay free for lookups and health calls.
 PROCESSOR_SLOTS = 780
-# Claims moved from one dead replica per renewal, so that several live ones share them.
-TAKEOVER_BATCH = 200
+# How long one renewal may spend moving dead replicas' claims.
+TAKEOVER_SECONDS = 1.0
+# Before the first purge.
+NEVER_PURGED = -1
 # A dead lease that owns nothing is deleted this long after it expired.
 FORGET_DEAD_AFTER_MS = 60_000
 POLLER_ID = "poller"
@@ -96,12 +98,15 @@ class Store:
         self._unclaimed: list[Payment] = []
         self._claiming: list[Payment] = []  # the batch being written
         self._has_unclaimed = asyncio.Event()
-        self._purged_at_ms = 0
+        self._purged_at_ms = NEVER_PURGED
         self._health_at_ms = 0
         self._poller: asyncio.Task[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._back_at = -math.inf  # when its lease was renewed after it had lapsed
-        self._taken_up: set[str] = set()  # of its previous run's payments, at start
+        # Ids of the claims this run moved to itself from dead runs and took up; claims moved
+        # and not taken up (a reply lost, no room) are found again by `_take_up_moved`.
+        self._taken: set[str] = set()
+        self._moved_untaken = False
 
     async def start(self, recovered: Recovered) -> None:
         """Take this run's lease, then take up what the journal's previous run left: the
@@ -195,8 +200,8 @@ class Store:
     async def purge(self) -> None:
         """Every replica forgets what it accepted up to now: this one at once, the others at
         their next renewal."""
-        self._forget(now_ms())
         await self._ledger.purge()
+        self._forget(await self._ledger.purged_at_ms())
 
     @staticmethod
     def _owned_since(purged_at_ms: int, owner: str | None = None) -> Document:
@@ -257,6 +262,10 @@ class Store:
                 payment.owned = True
         if taken:
             await self._settle_duplicates([batch[index] for index in taken])
+            again = [batch[index] for index in taken if batch[index].owned is None]
+            if again:
+                self._unclaimed[:0] = again
+                self._has_unclaimed.set()
         self._dispatcher.wake()
 
     async def _settle_duplicates(self, payments: list[Payment]) -> None:
@@ -267,14 +276,14 @@ class Store:
         for payment in payments:
             claim = claims.get(payment.correlation_id)
             if claim is None:
-                continue  # purged since: claimed again by the next batch
+                continue  # purged since: claimed again with the next batch
             if claim["acceptedMs"] <= purged_at_ms:
                 # Claimed before a purge by a replica that had not seen it yet: the id is free.
                 forgotten = {"$lte": purged_at_ms}
                 await self._claims.delete_one(
                     {"_id": payment.correlation_id, "acceptedMs": forgotten}
                 )
-                continue
+                continue  # claimed again with the next batch
             # This run's own claim, stored by a write whose answer was lost; or another
             # replica's (owned by it, confirmed, or taken over here from a dead one, which
             # the copy taken over delivers): this copy is dropped.
@@ -292,6 +301,7 @@ class Store:
             except Exception:
                 log.exception("lease not renewed")
                 self._hold_poller(False)  # another replica may hold it by now
+                self._moved_untaken = True  # a takeover may have stopped half way
             await asyncio.sleep(RENEW_INTERVAL)
 
     async def _renew(self) -> None:
@@ -327,11 +337,15 @@ class Store:
         leases = [doc for key, doc in docs.items() if key.startswith(REPLICA_PREFIX)]
         live = [doc for doc in leases if not doc.get("dead") and doc["expiresMs"] >= at_ms]
         self._dispatcher.allow(started + LEASE_MS / 1000, PROCESSOR_SLOTS // max(len(live), 1))
+        if self._moved_untaken:
+            await self._take_up_moved()
         if started - self._back_at < LEASE_MS / 1000:
             return
+        # Takeovers stop in time for the next renewal: this replica's own lease comes first.
+        deadline = started + TAKEOVER_SECONDS
         for lease in leases:
             if lease["_id"] != self.name and (lease.get("dead") or lease["expiresMs"] < at_ms):
-                await self._take_over(lease, at_ms)
+                await self._take_over(lease, at_ms, deadline)
 
     def _hold_poller(self, holds: bool) -> None:
         if holds and self._poller is None:
@@ -374,7 +388,7 @@ class Store:
             except OSError as error:
                 log.warning("purge not journaled: %s", error)
 
-    async def _take_over(self, lease: Document, at_ms: int) -> None:
+    async def _take_over(self, lease: Document, at_ms: int, deadline: float) -> None:
         """Mark a lease that expired dead (unless it was renewed meanwhile), then move a
         share of its claims here one by one, each looked up on both processors. A dead lease
         stays, so that a claim its replica stored late is found too, until it owns nothing
@@ -386,54 +400,69 @@ class Store:
             )
             if not marked.matched_count:
                 return  # renewed after all
-        for _ in range(TAKEOVER_BATCH):
-            if self._dispatcher.full:
-                return
-            doc = await self._claims.find_one_and_update(
-                self._owned_since(self._purged_at_ms, dead),
-                {"$set": {"owner": self.name, "takenFrom": dead}},
-            )
+        while self._loop.time() < deadline and not self._dispatcher.full:
+            doc = await self._move_claim(dead)
             if doc is None:
                 if lease["expiresMs"] < at_ms - FORGET_DEAD_AFTER_MS:
                     await self._cluster.delete_one({"_id": dead, "dead": True})
                 return
-            self._adopt(doc)
+            self._take_up(doc)
 
-    def _adopt(self, doc: Document) -> None:
+    async def _move_claim(self, dead: str) -> Document | None:
+        """One of a dead run's claims, made this run's; marked as moved, so that it is taken
+        up even if the answer to this call is lost."""
+        untaken, self._moved_untaken = self._moved_untaken, True
+        doc: Document | None = await self._claims.find_one_and_update(
+            self._owned_since(self._purged_at_ms, dead),
+            {"$set": {"owner": self.name, "takenFrom": dead}},
+        )
+        self._moved_untaken = untaken
+        return doc
+
+    def _take_up(self, doc: Document) -> None:
+        """Look a moved claim's payment up on both processors, unless it is taken up already
+        or there is no room (then it waits for `_take_up_moved`)."""
+        if doc["_id"] in self._taken:
+            return
+        if self._dispatcher.full:
+            self._moved_untaken = True
+            return
+        self._taken.add(doc["_id"])
         payment = Payment(doc["_id"], doc["cents"], doc["acceptedMs"])
         self._accepted.add(payment.correlation_id)
         self._dispatcher.adopt(payment)
 
+    async def _take_up_moved(self) -> None:
+        """Claims moved here that were not taken up: an answer lost, a renewal failed half
+        way, or no room then."""
+        self._moved_untaken = False
+        query = {
+            **self._owned_since(self._purged_at_ms, self.name),
+            "takenFrom": {"$exists": True},
+        }
+        async for doc in self._claims.find(query):
+            self._take_up(doc)
+
     async def _take_over_previous(self, previous: str, known: dict[str, Payment]) -> list[Payment]:
         """This journal's previous run is dead (the journal's lock is ours): its payments are
         this run's, without waiting for its lease to expire. Each one its journal knows goes
-        on as the journal says; one only the store knows is looked up on both processors.
-        Returns the payments the journal knows and the store does not: accepted, never
-        claimed. Safe to call again after a failure."""
+        on as the journal says (room for those is kept); one only the store knows is looked up
+        on both processors. Returns the payments the journal knows and the store does not:
+        accepted, never claimed. Safe to call again after a failure."""
         await self._cluster.update_one({"_id": previous}, {"$set": {"dead": True}})
-        while True:
-            doc = await self._claims.find_one_and_update(
-                self._owned_since(self._purged_at_ms, previous),
-                {"$set": {"owner": self.name}},
-            )
+        while self._dispatcher.room > len(known):
+            doc = await self._move_claim(previous)
             if doc is None:
                 break
             payment = known.get(doc["_id"])
-            if payment is not None:
+            if payment is None:
+                self._take_up(doc)
+            elif doc["_id"] not in self._taken:
+                self._taken.add(doc["_id"])
                 self._dispatcher.restore([payment])
-                self._taken_up.add(payment.correlation_id)
-            elif doc["_id"] not in self._taken_up and not self._dispatcher.full:
-                self._adopt(doc)
-                self._taken_up.add(doc["_id"])
-            else:
-                # No room: back to the dead run, for whoever takes it over next.
-                await self._claims.update_one(
-                    {"_id": doc["_id"], "owner": self.name}, {"$set": {"owner": previous}}
-                )
-                break
-        rest = [i for i in known if i not in self._taken_up]
-        claimed = {
-            doc["_id"] async for doc in self._claims.find({"_id": {"$in": rest}}, {"_id": 1})
-        }
+        await self._take_up_moved()  # a known one among them: looked up, not restored
+        rest = [i for i in known if i not in self._taken]
+        claims = self._claims.find({"_id": {"$in": rest}}, {"_id": 1})
+        claimed = {doc["_id"] async for doc in claims}
         # Claimed by another replica, confirmed, or taken over while this one was down.
         return [known[i] for i in rest if i not in claimed]

@@ -38,7 +38,7 @@ from rinha.bench.limits import (
     describe_limits,
 )
 from rinha.config import number
-from rinha.stack import add_port_options, ports_in_use
+from rinha.stack import METRICS_PORTS, add_port_options, ports_in_use
 
 SCENARIO_JS = Path(__file__).resolve().parents[2] / "bench" / "scenario.js"
 START_TIMEOUT = 40.0
@@ -174,13 +174,32 @@ def fetch_json(port: int, path: str, timeout: float = 2.0) -> Any:
         conn.close()
 
 
-class Sampler(threading.Thread):
-    """Once per second: our summary's counts, and each process's RSS and CPU, as a CSV row."""
+# The series a replica's metrics give the sampler, and the column each one adds to.
+COUNT_SERIES = {
+    'rinha_payments_confirmed_total{processor="default"}': 0,
+    'rinha_payments_confirmed_total{processor="fallback"}': 1,
+    "rinha_payments_pending": 2,
+}
 
-    def __init__(self, port: int, stats_port: int, processes: dict[str, int], out: TextIO) -> None:
+
+class Sampler(threading.Thread):
+    """Once per second: the payments confirmed and pending, and each process's RSS and CPU, as
+    a CSV row. The counts come from the replicas' metrics when they serve them, which costs
+    the stack next to nothing; otherwise (the floor) from our summary, which reads every
+    journal or the store."""
+
+    def __init__(
+        self,
+        port: int,
+        stats_port: int,
+        metrics_ports: tuple[int, ...],
+        processes: dict[str, int],
+        out: TextIO,
+    ) -> None:
         super().__init__(name="sampler", daemon=True)
         self.port = port
         self.stats_port = stats_port
+        self.metrics_ports = metrics_ports
         self.processes = processes
         self.peak_rss_kb = dict.fromkeys(processes, 0)
         self.peak_cpu_pct = dict.fromkeys(processes, 0.0)
@@ -201,7 +220,8 @@ class Sampler(threading.Thread):
     def run(self) -> None:
         self._sample_processes()  # CPU needs a previous reading
         while not self._stop_event.wait(SAMPLE_EVERY - time.time() % SAMPLE_EVERY):
-            row = [f"{time.time():.3f}", self._http_requests(), *self._summary()]
+            counts = self._metrics() if self.metrics_ports else self._summary()
+            row = [f"{time.time():.3f}", self._http_requests(), *counts]
             self._writer.writerow(row + self._sample_processes())
             self._out.flush()
 
@@ -213,6 +233,22 @@ class Sampler(threading.Thread):
             ]
         except (OSError, ValueError, KeyError):
             return ["", "", ""]
+
+    def _metrics(self) -> list[str]:
+        counts = [0, 0, 0]
+        for port in self.metrics_ports:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=0.9)
+            try:
+                conn.request("GET", "/metrics")
+                for line in conn.getresponse().read().decode().splitlines():
+                    series, _, value = line.rpartition(" ")
+                    if series in COUNT_SERIES:
+                        counts[COUNT_SERIES[series]] += int(float(value))
+            except (OSError, ValueError):
+                return ["", "", ""]
+            finally:
+                conn.close()
+        return [str(count) for count in counts]
 
     def _http_requests(self) -> str:
         """Requests HAProxy's public frontend has taken so far, from its stats CSV."""
@@ -386,7 +422,11 @@ class RunSummary:
 def _per_unit(rows: list[dict[str, str]], unit: str, name: str) -> float | None:
     """µs of `name`'s CPU per `unit` between the first and the last row that sampled it."""
     column = f"{name}_cpu_s"
-    sampled = [row for row in rows if row[column]]
+    # A row whose counts could not be read (a summary that timed out) is skipped.
+    counted = (
+        ("http_requests",) if unit == "request" else ("default_requests", "fallback_requests")
+    )
+    sampled = [row for row in rows if row[column] and all(row[key] for key in counted)]
     if len(sampled) < 2:
         return None
     first, last = sampled[0], sampled[-1]
@@ -603,7 +643,11 @@ def run_one(options: BenchOptions, backend: str) -> tuple[int, RunSummary]:
         samples = cleanup.enter_context(open(results / "samples.csv", "w", newline=""))
         k6 = start_k6(options, results)
         # k6 shares the machine: its CPU says whether the load generator was the bottleneck.
-        sampler = Sampler(options.port, options.stats_port, {**processes, "k6": k6.pid}, samples)
+        # `up` serves the replicas' metrics on its default ports; the floor serves none.
+        metrics_ports = METRICS_PORTS if backend == "rinha" and not options.reuse else ()
+        sampler = Sampler(
+            options.port, options.stats_port, metrics_ports, {**processes, "k6": k6.pid}, samples
+        )
         sampler.start()
         try:
             status = wait_k6(k6, options.scenario)

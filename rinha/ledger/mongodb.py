@@ -154,7 +154,8 @@ class MongoLedger:
 
     async def purged_at_ms(self) -> int:
         purge = await self._cluster.find_one({"_id": PURGE_ID})
-        return 0 if purge is None else int(purge["atMs"])
+        # Before any purge: every payment counts, one from a journal without accepted_ms too.
+        return -1 if purge is None else int(purge["atMs"])
 
     def forget(self) -> None:
         self._unwritten.clear()
@@ -164,13 +165,13 @@ class MongoLedger:
     async def purge(self) -> None:
         """Forget every payment accepted up to now, on every replica: stored, not yet written,
         and claimed. A batch being written finishes first and is deleted with the rest."""
-        self.forget()
         at_ms = now_ms()
         async with self._writing:
             try:
                 await self._cluster.update_one(
                     {"_id": PURGE_ID}, {"$max": {"atMs": at_ms}}, upsert=True
                 )
+                self.forget()
                 forgotten = {"acceptedMs": {"$lte": at_ms}}
                 await self._payments.delete_many(forgotten)
                 await self._claims.delete_many(forgotten)
