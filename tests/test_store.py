@@ -13,6 +13,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -23,12 +24,18 @@ import pymongo
 import pytest
 
 from tests.processes import Process, call, free_port
-from tests.test_ledger_contract import mongo_url, with_database  # noqa: F401 (a fixture)
+from tests.test_ledger_contract import (  # noqa: F401 (fixtures)
+    StandIn,
+    mongo_url,
+    stoppable_stand_in,
+    with_database,
+)
 
 HAPROXY_CONFIG = Path(__file__).resolve().parent.parent / "haproxy" / "haproxy.cfg"
 HOSTS = ("127.0.0.11", "127.0.0.12", "127.0.0.13")
 ADMIN = {"X-Rinha-Token": "123"}
 TOTALS = ("totalRequests", "totalAmount")
+LEASE_SECONDS = 3  # rinha/store.py
 # The test's audit window ends 1.5 s before now (SPEC.md §4).
 AUDIT_LAG = timedelta(seconds=1.5)
 # Short, so that a dead replica's payments are taken up within seconds: no attempt in these
@@ -79,14 +86,20 @@ def store_cluster(
     fresh_processors: Any,
     tmp_path: Path,
 ) -> Iterator[StoreCluster]:
+    url = with_database(mongo_url, f"store_{uuid.uuid4().hex[:12]}")
+    with running_cluster(url, fresh_processors, tmp_path) as cluster:
+        yield cluster
+
+
+@contextmanager
+def running_cluster(url: str, processors: Any, tmp_path: Path) -> Iterator[StoreCluster]:
     haproxy = shutil.which("haproxy")
     if haproxy is None:
         pytest.skip("haproxy is not installed (apt-get install haproxy)")
-    url = with_database(mongo_url, f"store_{uuid.uuid4().hex[:12]}")
     env = {
         "RINHA_LEDGER": url,
-        "PROCESSOR_DEFAULT_URL": fresh_processors.default.url,
-        "PROCESSOR_FALLBACK_URL": fresh_processors.fallback.url,
+        "PROCESSOR_DEFAULT_URL": processors.default.url,
+        "PROCESSOR_FALLBACK_URL": processors.fallback.url,
     }
     replicas = []
     for index, host in enumerate(HOSTS, 1):
@@ -354,3 +367,34 @@ def test_a_purge_on_one_replica_is_obeyed_by_every_replica(
     )
     settled(store_cluster.replicas, fresh_processors)
     assert_processed_once({later, held[0]}, fresh_processors)
+
+
+def test_replicas_ride_out_the_store_going_away(
+    stoppable_stand_in: StandIn,  # noqa: F811 (the fixture imported above)
+    fresh_processors: Any,
+    tmp_path: Path,
+) -> None:
+    """With the store gone for longer than a lease, POSTs are still answered and kept, no
+    replica sends what another may take over, and none takes the others over when it comes
+    back: every payment is processed once when the store returns."""
+    url = with_database(stoppable_stand_in.url, "outage")
+    with running_cluster(url, fresh_processors, tmp_path) as cluster:
+
+        def pay(count: int) -> set[str]:
+            ids = {str(uuid.uuid4()) for _ in range(count)}
+            for correlation_id in ids:
+                body = {"correlationId": correlation_id, "amount": 19.90}
+                assert call(cluster.port, "POST", "/payments", body).status == 202
+            return ids
+
+        before = pay(60)
+        stoppable_stand_in.stop()
+        during = pay(60)
+        time.sleep(LEASE_SECONDS + 1)  # every lease lapses
+        stoppable_stand_in.start()
+        after = pay(60)
+        settled(cluster.replicas, fresh_processors)
+        assert_processed_once(before | during | after, fresh_processors)
+        for replica in cluster.replicas:
+            assert replica.process.popen is not None
+            assert replica.process.popen.poll() is None, "a replica exited"

@@ -93,6 +93,7 @@ class MongoLedger:
         self._claims = self.database[CLAIMS]
         self._cluster = self.database[CLUSTER]
         self._unwritten: list[Document] = []
+        self._unended: list[str] = []  # ids of stored payments whose claims still have owners
         self._has_unwritten = asyncio.Event()
         # Counts forgets: a batch taken before one is not put back when its write fails.
         self._forgets = 0
@@ -159,6 +160,7 @@ class MongoLedger:
 
     def forget(self) -> None:
         self._unwritten.clear()
+        self._unended.clear()
         self._has_unwritten.clear()
         self._forgets += 1
 
@@ -185,7 +187,7 @@ class MongoLedger:
             await self._writer
         except asyncio.CancelledError:
             pass
-        while self._unwritten and await self._write_once():
+        while (self._unwritten or self._unended) and await self._write_once():
             pass
         if self._unwritten:
             log.warning("closing with %d payments not written to the ledger", len(self._unwritten))
@@ -210,19 +212,16 @@ class MongoLedger:
         return True
 
     async def _write_once(self) -> bool:
-        """Write the oldest unwritten documents; True when all of those are stored now."""
+        """Write the oldest unwritten documents, then end their claims; True when all of
+        those are stored now and every claim of a stored payment is ended."""
         async with self._writing:
             forgets = self._forgets
             batch = self._unwritten[:BATCH_LIMIT]
             del self._unwritten[:BATCH_LIMIT]
-            if not self._unwritten:
-                self._has_unwritten.clear()
-            if not batch:
-                return True
+            failed: list[Document] = []
             try:
-                await self._payments.insert_many(batch, ordered=False)
-                await self._end_claims(batch)
-                return True
+                if batch:
+                    await self._payments.insert_many(batch, ordered=False)
             except BulkWriteError as error:
                 failed = _not_stored(batch, error.details)
             except PyMongoError as error:
@@ -234,19 +233,27 @@ class MongoLedger:
                 raise
             if failed and forgets == self._forgets:
                 self._unwritten[:0] = failed
+            self._unended += [doc["_id"] for doc in batch if doc not in failed]
+            ended = await self._end_claims()
+            if self._unwritten or self._unended:
                 self._has_unwritten.set()
-            if len(failed) < len(batch):
-                await self._end_claims([doc for doc in batch if doc not in failed])
-            return not failed
+            else:
+                self._has_unwritten.clear()
+            return ended and not failed
 
-    async def _end_claims(self, confirmed: list[Document]) -> None:
-        """Best effort: a claim left owned only makes a replica that takes it over find the
-        payment stored on its processor."""
-        ids = [doc["_id"] for doc in confirmed]
+    async def _end_claims(self) -> bool:
+        """A stored payment's claim is over (rinha/store.py): its owner goes, or a replica
+        would take it over and count it pending. True when none is left to end."""
+        ids = self._unended[:BATCH_LIMIT]
+        if not ids:
+            return True
         try:
             await self._claims.update_many({"_id": {"$in": ids}}, {"$unset": {"owner": ""}})
         except PyMongoError as error:
-            log.warning("claims of %d confirmed payments not ended: %s", len(ids), error)
+            log.warning("claims of %d confirmed payments not ended yet: %s", len(ids), error)
+            return False
+        del self._unended[: len(ids)]
+        return not self._unended
 
 
 def _not_stored(batch: list[Document], details: Mapping[str, Any]) -> list[Document]:
