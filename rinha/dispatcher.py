@@ -204,11 +204,11 @@ class Dispatcher:
         if self.full:
             raise ValueError("no room for a payment taken over")
         payment.accepted_at = self._loop.time()
-        payment.anywhere_until = payment.accepted_at + self._settings.settle_after
+        until = payment.accepted_at + self._settings.settle_after
         self.pending_count += 1
         self.pending_cents += payment.cents
         self._adopted.add(payment)
-        delivery = self._loop.create_task(self._deliver_adopted(payment))
+        delivery = self._loop.create_task(self._deliver_adopted(payment, until))
         self._deliveries[delivery] = payment
         delivery.add_done_callback(self._deliveries.pop)
 
@@ -382,6 +382,10 @@ class Dispatcher:
         finally:
             self._on[name].pop(payment, None)  # a purge may have released it already
             self._schedule_soon()
+        self._finish(payment, end)
+
+    def _finish(self, payment: Payment, end: Outcome) -> None:
+        """A delivery's end: recorded, set aside, or first in line again."""
         if end is Outcome.CONFIRMED:
             self.pending_count -= 1
             self.pending_cents -= payment.cents
@@ -511,26 +515,23 @@ class Dispatcher:
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, _MAX_BACKOFF)
 
-    async def _deliver_adopted(self, payment: Payment) -> None:
+    async def _deliver_adopted(self, payment: Payment, until: float) -> None:
         while True:
             try:
-                end = await self._settle_anywhere(payment)
+                end = await self._settle_anywhere(payment, until)
                 break
             except Exception:
                 log.exception("looking up %s failed; trying again", payment.correlation_id)
                 await asyncio.sleep(_AFTER_ERROR)
         self._adopted.discard(payment)
-        if end is Outcome.CONFIRMED:
-            self.pending_count -= 1
-            self.pending_cents -= payment.cents
-        else:
-            self._waiting.push_front(payment)  # fits: it is counted in pending_count
-            self._schedule_soon()
+        self._finish(payment, end)
+        self._schedule_soon()
 
-    async def _settle_anywhere(self, payment: Payment) -> Outcome:
+    async def _settle_anywhere(self, payment: Payment, until: float) -> Outcome:
         """A payment taken over from a dead replica: CONFIRMED when either processor has it,
-        REFUSED (to be routed) once neither has it and the dead replica's last attempt is
-        over. From then on it is this replica's, journaled as accepted here."""
+        REFUSED (to be routed) once neither has it and loop time `until` is past, when the
+        dead replica's last attempt is over. From then on it is this replica's, journaled as
+        accepted here."""
         backoff = _FIRST_BACKOFF
         while True:
             unknown = False
@@ -540,7 +541,7 @@ class Dispatcher:
                     self._record(payment, name, stored.requested_at_ms, stored.cents)
                     return Outcome.CONFIRMED
                 unknown = unknown or stored is not None
-            if not unknown and self._loop.time() >= payment.anywhere_until:
+            if not unknown and self._loop.time() >= until:
                 self._journal.accepted(payment)
                 return Outcome.REFUSED
             await asyncio.sleep(backoff)

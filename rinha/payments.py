@@ -38,7 +38,6 @@ class Payment:
         "_body_head",
         "accepted_at",
         "accepted_ms",
-        "anywhere_until",
         "cents",
         "correlation_id",
         "owned",
@@ -62,9 +61,6 @@ class Payment:
         # With the ledger in a shared store: None until this replica's claim on the id is
         # stored, then whether it won (another replica may have received the same id).
         self.owned: bool | None = True
-        # Taken over from a dead replica that may have sent it to either processor: until
-        # this loop time it is only looked up on both (0.0: not taken over).
-        self.anywhere_until = 0.0
 
     def body(self, requested_at: str) -> bytes:
         """The processor's request body for an attempt stamped `requested_at`."""
