@@ -39,7 +39,8 @@ import logging
 import math
 import os
 import uuid
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from pymongo.errors import BulkWriteError, PyMongoError
 
@@ -73,6 +74,7 @@ REPLICA_PREFIX = "replica:"
 TAKEN_OVER = 3
 
 Document = dict[str, Any]
+T = TypeVar("T")
 
 
 class Store:
@@ -114,20 +116,7 @@ class Store:
         never claimed, to be claimed now; those only the store knows, looked up on both
         processors. Waits for the store."""
         self._dispatcher.allow(-math.inf, 0)  # nothing leaves before the first renewal
-        while True:
-            try:
-                await self._cluster.update_one(
-                    {"_id": self.name}, {"$set": self._lease(now_ms())}, upsert=True
-                )
-                await self._cluster.update_one(
-                    {"_id": POLLER_ID}, {"$setOnInsert": {"expiresMs": 0}}, upsert=True
-                )
-                self._purged_at_ms = await self._ledger.purged_at_ms()
-                break
-            except PyMongoError as error:
-                log.warning("waiting for the store: %s", error)
-                await asyncio.sleep(1.0)
-        purged_at_ms = self._purged_at_ms
+        purged_at_ms = self._purged_at_ms = await _patiently("waiting for the store", self._join)
         known = {
             correlation_id: payment
             for correlation_id, payment in recovered.pending.items()
@@ -146,13 +135,10 @@ class Store:
         if previous is None:
             unclaimed = list(known.values())
         else:
-            while True:
-                try:
-                    unclaimed = await self._take_over_previous(previous, known)
-                    break
-                except PyMongoError as error:
-                    log.warning("taking up the previous run's payments: %s", error)
-                    await asyncio.sleep(1.0)
+            unclaimed = await _patiently(
+                "taking up the previous run's payments",
+                lambda: self._take_over_previous(previous, known),
+            )
         for payment in unclaimed:
             self.claim(payment)
         self._dispatcher.restore(unclaimed)
@@ -161,6 +147,16 @@ class Store:
             self._loop.create_task(self._claim_forever()),
             self._loop.create_task(self._renew_forever()),
         ]
+
+    async def _join(self) -> int:
+        """Take this run's lease and make sure the poller's exists; the last purge's moment."""
+        await self._cluster.update_one(
+            {"_id": self.name}, {"$set": self._lease(now_ms())}, upsert=True
+        )
+        await self._cluster.update_one(
+            {"_id": POLLER_ID}, {"$setOnInsert": {"expiresMs": 0}}, upsert=True
+        )
+        return await self._ledger.purged_at_ms()
 
     async def close(self) -> None:
         """Its lease stays: it expires, and whoever marks it dead finds what is left, if
@@ -466,3 +462,13 @@ class Store:
         claimed = {doc["_id"] async for doc in claims}
         # Claimed by another replica, confirmed, or taken over while this one was down.
         return [known[i] for i in rest if i not in claimed]
+
+
+async def _patiently(what: str, attempt: Callable[[], Awaitable[T]]) -> T:
+    """`attempt`'s result, once the store answers it: a replica cannot start without it."""
+    while True:
+        try:
+            return await attempt()
+        except PyMongoError as error:
+            log.warning("%s: %s", what, error)
+            await asyncio.sleep(1.0)
