@@ -26,15 +26,15 @@ def iso(moment: datetime) -> str:
 
 async def audit_once(
     session: aiohttp.ClientSession,
-    service: Service,
+    base: str,
     processors: Any,
     start: datetime,
     lag: timedelta = AUDIT_LAG,
 ) -> list[str]:
+    """Our summary at `base` (a replica's URL) against the processors', over a window from
+    `start` to `lag` ago: each difference as a line."""
     window = {"from": iso(start), "to": iso(datetime.now(UTC) - lag)}
-    async with session.get(
-        f"http://127.0.0.1:{service.port}/payments-summary", params=window
-    ) as r:
+    async with session.get(f"{base}/payments-summary", params=window) as r:
         if r.status != 200:
             return [f"{window}: summary answered {r.status}"]  # the test scores it as zeros
         ours = await r.json()
@@ -101,7 +101,8 @@ async def run_burst(
         async def audit() -> None:
             nonlocal audits
             while not done.is_set():
-                differences.extend(await audit_once(session, service, processors, start, lag))
+                base = f"http://127.0.0.1:{service.port}"
+                differences.extend(await audit_once(session, base, processors, start, lag))
                 audits += 1
                 await asyncio.sleep(0.3)
 

@@ -24,6 +24,7 @@ import pymongo
 import pytest
 
 from tests.processes import Process, call, free_port
+from tests.test_audit import ADMIN, AUDIT_LAG, audit_once
 from tests.test_ledger_contract import (  # noqa: F401 (fixtures)
     StandIn,
     mongo_url,
@@ -33,19 +34,12 @@ from tests.test_ledger_contract import (  # noqa: F401 (fixtures)
 
 HAPROXY_CONFIG = Path(__file__).resolve().parent.parent / "haproxy" / "haproxy.cfg"
 HOSTS = ("127.0.0.11", "127.0.0.12", "127.0.0.13")
-ADMIN = {"X-Rinha-Token": "123"}
 TOTALS = ("totalRequests", "totalAmount")
 LEASE_SECONDS = 3  # rinha/store.py
-# The test's audit window ends 1.5 s before now (SPEC.md §4).
-AUDIT_LAG = timedelta(seconds=1.5)
 # Short, so that a dead replica's payments are taken up within seconds: no attempt in these
 # tests outlives the 1 s timeout (the emulators' delays stay at 100 ms at most).
 OPTIONS = ["--health-interval", "0.2", "--max-hold", "0.3"]
 OPTIONS += ["--processor-timeout", "1", "--settle-after", "3"]
-
-
-def iso(moment: datetime) -> str:
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
 @dataclass
@@ -193,26 +187,12 @@ async def burst(
 
         async def audit() -> None:
             while not done.is_set():
-                window = {"from": iso(start), "to": iso(datetime.now(UTC) - AUDIT_LAG)}
-                theirs = {}
-                for name in ("default", "fallback"):
-                    url = getattr(processors, name).url + "/admin/payments-summary"
-                    async with session.get(url, params=window, headers=ADMIN) as answer:
-                        theirs[name] = await answer.json()
                 for replica in cluster.replicas:
                     try:
-                        url = f"{replica.url}/payments-summary"
-                        async with session.get(url, params=window) as answer:
-                            ours = await answer.json()
+                        found = await audit_once(session, replica.url, processors, start)
                     except aiohttp.ClientError:
                         continue  # killed
-                    for name in theirs:
-                        for key in ("totalRequests", "totalAmount"):
-                            if ours[name][key] != theirs[name][key]:
-                                differences.append(
-                                    f"{replica.url} {window} {name} {key}: ours "
-                                    f"{ours[name][key]} theirs {theirs[name][key]}"
-                                )
+                    differences.extend(f"{replica.url} {line}" for line in found)
                 await asyncio.sleep(0.3)
 
         stirring = asyncio.create_task(stir())
