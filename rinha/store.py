@@ -9,15 +9,15 @@ Every part lives in the ledger's database, beside the confirmed payments (rinha/
   claim is stored; when another replica's claim on the same id is there first, this replica
   drops its copy. A confirmation clears the claim's owner, so the owned claims are exactly the
   pending payments.
-- **Leases** (`cluster`, `{_id: "replica:<run>", expiresMs}`). Each run of
-  a replica has a name of its own and renews its lease every 0.5 s for 3 s ahead. The live
-  leases divide the processors' 800 calls at once; a lease that expired marks a dead replica,
-  whose claims a live one takes over: it moves them to itself (`update_many` on `owner`, so
-  each claim moves once), then looks each payment up on both processors, because the dead
-  replica may have sent it to either, until `--settle-after` has passed, longer than any of its
-  attempts can take; found, it is recorded as found, else routed afresh. A replica whose lease
-  lapses (the store out of reach) starts no attempt until it is renewed, and one that finds its
-  lease taken over exits: others own its payments now.
+- **Leases** (`cluster`, `{_id: "replica:<run>", expiresMs}`). Each run of a replica has a
+  name of its own and renews its lease every 0.5 s for 3 s ahead. The live leases divide the
+  processors' 800 calls at once; a lease that expired marks a dead replica, whose claims a
+  live one takes over: it moves them to itself one by one (`find_one_and_update` on `owner`,
+  so each claim moves once, marked `takenFrom`), then looks each payment up on both
+  processors, because the dead replica may have sent it to either, until `--settle-after` has
+  passed, longer than any of its attempts can take; found, it is recorded as found, else
+  routed afresh. A replica whose lease lapses (the store out of reach) starts no attempt until
+  it is renewed, and one that finds its lease taken over exits: others own its payments now.
 - **The health poller** (`{_id: "poller", holder, expiresMs}`): the live replica that holds
   this lease polls the processors' health and stores each report (`{_id: "health"}`); every
   replica applies a new report at its next renewal, within 0.5 s.
