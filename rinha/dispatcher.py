@@ -317,7 +317,10 @@ class Dispatcher:
             if len(self._on[name]) >= self.max_in_flight:
                 return  # the delivery that frees a slot runs the next pass
             if self._next_send_at > now + _PACING_SLACK:
-                self._wake_at(self._next_send_at - _PACING_SLACK)
+                # The next interval's worth leaves together at the next pass: woken as soon
+                # as one more may leave, a drain would start its payments one at a time, each
+                # one a wakeup of its own.
+                self._wake_at(max(self._next_send_at - _PACING_SLACK, now + _PASS_INTERVAL))
                 return
             self._next_send_at = max(self._next_send_at, now) + self._send_interval
             self._waiting.pop()
