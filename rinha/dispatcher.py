@@ -317,10 +317,7 @@ class Dispatcher:
             if len(self._on[name]) >= self.max_in_flight:
                 return  # the delivery that frees a slot runs the next pass
             if self._next_send_at > now + _PACING_SLACK:
-                # The next interval's worth leaves together at the next pass: woken as soon
-                # as one more may leave, a drain would start its payments one at a time, each
-                # one a wakeup of its own.
-                self._wake_at(max(self._next_send_at - _PACING_SLACK, now + _PASS_INTERVAL))
+                self._wake_at(self._next_send_at - _PACING_SLACK)
                 return
             self._next_send_at = max(self._next_send_at, now) + self._send_interval
             self._waiting.pop()
@@ -363,6 +360,10 @@ class Dispatcher:
             self._wake_at(min(future))
 
     def _wake_at(self, when: float) -> None:
+        # No sooner than the next pass may run: woken whenever one more payment may leave
+        # (paced, or its hold ended), a drain would start its payments one at a time, each
+        # one a wakeup of its own.
+        when = max(when, self._last_pass + _PASS_INTERVAL)
         if self._timer is not None:
             if self._timer_at <= when:
                 return

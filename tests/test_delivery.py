@@ -4,6 +4,7 @@ may have stored them, record only what a processor confirmed, never lose a payme
 
 from __future__ import annotations
 
+import itertools
 import time
 import uuid
 from collections.abc import Callable
@@ -19,6 +20,16 @@ def counts(processors: Any) -> tuple[int, int]:
         processors.default.summary()["totalRequests"],
         processors.fallback.summary()["totalRequests"],
     )
+
+
+def stamp_groups(processor: Any, ids: list[str]) -> int:
+    """How many bursts the payments left in: runs of requestedAt at most 2 ms apart."""
+    stamps = []
+    for correlation_id in ids:
+        stored = processor.admin("GET", f"/payments/{correlation_id}").json()
+        stamps.append(datetime.fromisoformat(stored["requestedAt"]).timestamp() * 1000)
+    stamps.sort()
+    return 1 + sum(1 for earlier, later in itertools.pairwise(stamps) if later - earlier > 2)
 
 
 def assert_audit_exact(service: Service, processors: Any) -> None:
@@ -225,3 +236,38 @@ def test_a_processor_that_rejects_every_payment_is_failed_over(
         assert time.monotonic() < deadline, summary
         time.sleep(0.05)
     assert call(service.port, "POST", "/purge-payments").status == 200
+
+
+def test_a_paced_backlog_leaves_a_pass_interval_at_a_time(
+    service_factory: Callable[..., Service], fresh_processors: Any
+) -> None:
+    # At 200 a second, each 20 ms pass starts the next four payments together, stamped within
+    # a millisecond or two of each other. Woken whenever one more may leave, a drain would
+    # send them one at a time, 5 ms apart, each one a wakeup of its own.
+    fresh_processors.default.set_failure(True)
+    service = service_factory("--max-send-rate", "200")
+    ids = [str(uuid.uuid4()) for _ in range(40)]
+    for correlation_id in ids:
+        assert service.pay(correlation_id).status == 202
+    fresh_processors.default.set_failure(False)
+    service.wait_settled()
+    assert counts(fresh_processors) == (40, 0)
+    assert stamp_groups(fresh_processors.default, ids) <= 14
+    assert_audit_exact(service, fresh_processors)
+
+
+def test_holds_that_end_one_after_another_leave_a_pass_interval_at_a_time(
+    service_factory: Callable[..., Service], fresh_processors: Any
+) -> None:
+    # Accepted 5 ms apart, held for the failing default for 1 s each, the payments reach the
+    # fallback together, one 20 ms pass's worth at a time, not each at its own hold's end.
+    fresh_processors.default.set_failure(True)
+    service = service_factory("--max-hold", "1")
+    ids = [str(uuid.uuid4()) for _ in range(40)]
+    for correlation_id in ids:
+        assert service.pay(correlation_id).status == 202
+        time.sleep(0.005)
+    service.wait_settled()
+    assert counts(fresh_processors) == (0, 40)
+    assert stamp_groups(fresh_processors.fallback, ids) <= 20
+    assert_audit_exact(service, fresh_processors)
