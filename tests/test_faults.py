@@ -132,7 +132,8 @@ def test_both_processors_down_then_back(service: Service, fresh_processors: Any)
         assert service.summary()["pending"]["totalRequests"] == len(accepted)
     fresh_processors.default.set_failure(False)
     fresh_processors.fallback.set_failure(False)
-    ours = service.wait_settled(timeout=60)
+    # The backlog drains at --max-send-rate (300/s): 3 s of this load take most of a minute.
+    ours = service.wait_settled(timeout=180)
     figures(
         f"both down for {down_for:.0f} s",
         accepted,
