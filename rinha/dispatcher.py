@@ -26,11 +26,9 @@ Scheduling: accepted payments wait in one FIFO ring buffer; nothing runs for a p
 it leaves it. A scheduling pass (`_schedule`) runs after something changed, at most once per
 20 ms (everything that changes meanwhile shares the next one). It looks at the oldest payment,
 asks the routing policy where it goes, and starts a delivery task there if that processor has
-a free slot; it goes on until the oldest payment must wait. A payment that must be held stays
-in the buffer. A pass that is due (a change, a hold's end, a probe, the pace) runs when the
-loop is next awake anyway, for a POST or an answer, and only by a timer when nothing comes
-for one more interval. So a POST only queues, held payments cost nothing, a health change
-wakes one pass, not every payment, and passes rarely wake the process on their own.
+a free slot; it goes on until the oldest payment must wait. A payment that must be held stays in the buffer, and one timer wakes the pass when
+a hold ends or a probe is due. So a POST only queues, held payments cost nothing, and a health
+change wakes one pass, not every payment.
 
 Pacing: each processor has at most `max_in_flight` payments on it at once from this replica,
 fresh or being settled (three replicas stay under the processors' 800), and deliveries start
@@ -80,9 +78,8 @@ _AFTER_REJECTION = 30.0
 # work done once awake: the payments of one interval leave together, their answers come back
 # together, and the processors' work bunches the same way.
 _PASS_INTERVAL = 0.02
-# Deliveries may start this far ahead of the paced rate, and make up this far behind it: a
-# pass starts one interval's worth at once rather than arming a timer for each, and one that
-# came late (it waits for the loop to be awake) starts what the wait held back.
+# Deliveries may start this far ahead of the paced rate: a pass starts one interval's worth at
+# once rather than arming a timer for each.
 _PACING_SLACK = _PASS_INTERVAL
 
 log = logging.getLogger("rinha")
@@ -143,10 +140,7 @@ class Dispatcher:
         # Payments taken over from a dead replica, being looked up on both processors.
         self._adopted: set[Payment] = set()
         self._running = False
-        # The next pass runs at the first event from loop time `_pass_from` on (`_poke`), or
-        # by `_timer` one interval later when nothing wakes the loop meanwhile.
-        self._pass_from = math.inf
-        self._pass_soon = False  # a pass is queued to run after the current callbacks
+        self._pass_due = False
         self._last_pass = -math.inf
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = math.inf
@@ -237,12 +231,9 @@ class Dispatcher:
         self.pending_count += 1
         self.pending_cents += payment.cents
         # Behind other waiting payments it changes nothing: whatever holds the oldest back
-        # (a hold, full slots, pacing) already has a pass coming. Being awake for it, the
-        # loop may run that pass now if its moment has come.
+        # (a hold, full slots, pacing) already has a timer or a delivery that runs the pass.
         if len(self._waiting) == 1:
             self._schedule_soon()
-        else:
-            self._poke()
         return True
 
     def purge(self, up_to_ms: float) -> list[Payment]:
@@ -288,43 +279,20 @@ class Dispatcher:
     # scheduling
 
     def _schedule_soon(self) -> None:
-        """A pass for a change, one interval after the last pass at the earliest: every change
-        made meanwhile shares it. With nothing waiting, a pass has nothing to do: a freed slot
-        or a health report then wakes nobody."""
-        if self._running and self._waiting:
-            self._pass_at(self._last_pass + _PASS_INTERVAL)
-
-    def _pass_at(self, when: float) -> None:
-        """A pass from loop time `when` on, and no sooner than one interval after the last:
-        at the first event from then on (a POST, an answer), which wakes the loop anyway, or
-        by a timer one interval later if none comes. Waking up costs far more CPU than a
-        pass: a timer of its own for each moment (one more payment may leave, a hold ends)
-        would start a drain's payments one at a time, each one a wakeup."""
-        self._pass_from = min(self._pass_from, max(when, self._last_pass + _PASS_INTERVAL))
-        self._poke()
-        backstop = self._pass_from + _PASS_INTERVAL
-        if self._pass_soon or self._timer_at <= backstop:
-            return
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer_at = backstop
-        self._timer = self._loop.call_at(backstop, self._schedule)
-
-    def _poke(self) -> None:
-        """The loop is awake: run the wanted pass right after the current callbacks (a POST
-        is answered first) if its moment has come."""
-        if not self._pass_soon and self._loop.time() >= self._pass_from:
-            self._pass_soon = True
-            self._loop.call_soon(self._schedule)
+        """A pass for a change: right after the current callbacks (the POST that queued a
+        payment is answered first) when none ran in the last interval, else when the interval
+        ends, for every change made meanwhile."""
+        if self._running and not self._pass_due:
+            self._pass_due = True
+            wait = self._last_pass + _PASS_INTERVAL - self._loop.time()
+            if wait > 0:
+                self._loop.call_later(wait, self._schedule)
+            else:
+                self._loop.call_soon(self._schedule)
 
     def _schedule(self) -> None:
         """Start deliveries for the oldest waiting payments until one of them has to wait."""
-        self._pass_soon = False
-        self._pass_from = math.inf
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-            self._timer_at = math.inf
+        self._pass_due = False
         if not self._running:
             return
         now = self._last_pass = self._loop.time()
@@ -349,9 +317,9 @@ class Dispatcher:
             if len(self._on[name]) >= self.max_in_flight:
                 return  # the delivery that frees a slot runs the next pass
             if self._next_send_at > now + _PACING_SLACK:
-                self._pass_at(self._next_send_at - _PACING_SLACK)
+                self._wake_at(self._next_send_at - _PACING_SLACK)
                 return
-            self._next_send_at = max(self._next_send_at, now - _PACING_SLACK) + self._send_interval
+            self._next_send_at = max(self._next_send_at, now) + self._send_interval
             self._waiting.pop()
             self._on[name][payment] = now
             health = self.health[name]
@@ -389,7 +357,24 @@ class Dispatcher:
                 moments.append(health.next_probe_at())
         future = [moment for moment in moments if moment > now]
         if future:
-            self._pass_at(min(future))
+            self._wake_at(min(future))
+
+    def _wake_at(self, when: float) -> None:
+        # No sooner than the next pass may run: woken whenever one more payment may leave
+        # (paced, or its hold ended), a drain would start its payments one at a time, each
+        # one a wakeup of its own.
+        when = max(when, self._last_pass + _PASS_INTERVAL)
+        if self._timer is not None:
+            if self._timer_at <= when:
+                return
+            self._timer.cancel()
+        self._timer_at = when
+        self._timer = self._loop.call_at(when, self._wake)
+
+    def _wake(self) -> None:
+        self._timer = None
+        self._timer_at = math.inf
+        self._schedule()
 
     # deliveries
 
@@ -412,7 +397,6 @@ class Dispatcher:
             self._set_aside(payment)
         else:
             self._waiting.push_front(payment)  # fits: it is counted in pending_count
-            self._schedule_soon()
 
     async def _carry(self, payment: Payment, name: str, probe: bool) -> Outcome:
         """CONFIRMED when recorded, REFUSED when known not stored, REJECTED when the processor
@@ -545,6 +529,7 @@ class Dispatcher:
                 await asyncio.sleep(_AFTER_ERROR)
         self._adopted.discard(payment)
         self._finish(payment, end)
+        self._schedule_soon()
 
     async def _settle_anywhere(self, payment: Payment, until: float) -> Outcome:
         """A payment taken over from a dead replica: CONFIRMED when either processor has it,
