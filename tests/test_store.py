@@ -23,7 +23,7 @@ import aiohttp
 import pymongo
 import pytest
 
-from tests.processes import Process, call, free_port
+from tests.processes import Process, Reply, call, free_port
 from tests.test_audit import ADMIN, AUDIT_LAG, audit_once
 from tests.test_ledger_contract import (  # noqa: F401 (fixtures)
     StandIn,
@@ -51,8 +51,12 @@ class Replica:
     def url(self) -> str:
         return f"http://{self.process.host}:{self.process.port}"
 
+    def call(self, method: str, path: str, body: Any = None) -> Reply:
+        """A request straight to this replica, past HAProxy."""
+        return call(self.process.port, method, path, body, host=self.process.host)
+
     def summary(self) -> dict[str, Any]:
-        reply = call(self.process.port, "GET", "/payments-summary", host=self.process.host)
+        reply = self.call("GET", "/payments-summary")
         assert reply.status == 200, reply
         return reply.json()
 
@@ -317,15 +321,12 @@ def test_a_purge_on_one_replica_is_obeyed_by_every_replica(
     for index, correlation_id in enumerate(held):
         replica = (holder, other)[index % 2]
         body = {"correlationId": correlation_id, "amount": 19.90}
-        reply = call(replica.process.port, "POST", "/payments", body, host=replica.process.host)
-        assert reply.status == 202
+        assert replica.call("POST", "/payments", body).status == 202
     deadline = time.monotonic() + 5
     while asked.summary()["pending"]["totalRequests"] < len(held):
         assert time.monotonic() < deadline, asked.summary()
         time.sleep(0.05)
-    assert (
-        call(asked.process.port, "POST", "/purge-payments", host=asked.process.host).status == 200
-    )
+    assert asked.call("POST", "/purge-payments").status == 200
     for replica in store_cluster.replicas:  # at once, on every replica
         assert replica.summary()["pending"]["totalRequests"] == 0
     time.sleep(1.0)  # every replica has renewed its lease since, and forgotten
@@ -333,18 +334,13 @@ def test_a_purge_on_one_replica_is_obeyed_by_every_replica(
         processor.set_failure(False)
     later = str(uuid.uuid4())
     body = {"correlationId": later, "amount": 5.00}
-    assert (
-        call(holder.process.port, "POST", "/payments", body, host=holder.process.host).status
-        == 202
-    )
+    assert holder.call("POST", "/payments", body).status == 202
     theirs = settled(store_cluster.replicas, fresh_processors)
     assert theirs["default"]["totalRequests"] + theirs["fallback"]["totalRequests"] == 1
     assert_processed_once({later}, fresh_processors)
     # A purged id is free again: sent anew, it is a new payment.
     body = {"correlationId": held[0], "amount": 19.90}
-    assert (
-        call(other.process.port, "POST", "/payments", body, host=other.process.host).status == 202
-    )
+    assert other.call("POST", "/payments", body).status == 202
     settled(store_cluster.replicas, fresh_processors)
     assert_processed_once({later, held[0]}, fresh_processors)
 
