@@ -96,6 +96,7 @@ async def run_service(config: ServiceConfig) -> None:
     poller = None
     if config.poll_health and store is None:  # with a store, the store elects the poller
         poller = loop.create_task(poll_health(clients, config.health_interval, publish))
+    follower = loop.create_task(peers.follow()) if peers is not None else None
     control = HttpServer(app.handle_control)
     if config.control is not None:
         await control.listen_unix(config.control)
@@ -118,8 +119,9 @@ async def run_service(config: ServiceConfig) -> None:
     await stop.wait()
     await server.shutdown()
     await dispatcher.drain(DRAIN_SECONDS)
-    if poller is not None:
-        poller.cancel()
+    for task in (poller, follower):
+        if task is not None:
+            task.cancel()
     await dispatcher.stop()
     await control.shutdown()
     if metrics is not None:

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from rinha.cluster import FOLLOW_INTERVAL
 from rinha.journal import PeerJournal, purge_unowned, read_journal
 from rinha.ledger import Totals
 from tests.processes import call
@@ -65,6 +66,33 @@ def test_a_purge_with_a_replica_down_reaches_it_when_it_starts(
         assert summary["default"]["totalRequests"] == 0
         assert summary["pending"]["totalRequests"] == 0
     assert fresh_processors.default.summary()["totalRequests"] == 30  # the five never left
+
+
+def bytes_read(replica: Service) -> int:
+    """Everything the replica's process has read so far, files and sockets (/proc/PID/io)."""
+    io = Path(f"/proc/{replica.process.popen.pid}/io").read_text()
+    return int(io.split("rchar:")[1].split()[0])
+
+
+def test_a_replica_keeps_reading_its_peers_journals_between_summaries(
+    cluster: list[Service], fresh_processors: Any, tmp_path: Path
+) -> None:
+    # Read only when a summary asks, a peer's journal has gained a whole audit interval's
+    # lines by then: one burst of CPU, which the contest's caps throttle the replica for.
+    first, second, third = cluster
+    journals = [tmp_path / f"{name}.journal" for name in ("replica-2", "replica-3")]
+    sizes_before = sum(journal.stat().st_size for journal in journals)
+    read_before = bytes_read(first)
+    pay_each([second, third], 100)
+    for replica in (second, third):
+        assert replica.wait_settled()["default"]["totalRequests"] == 200
+    grown = sum(journal.stat().st_size for journal in journals) - sizes_before
+    assert grown > 30_000  # far more than the replica reads otherwise: health answers
+    deadline = time.monotonic() + 3 * FOLLOW_INTERVAL + 2
+    while bytes_read(first) - read_before < grown and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert bytes_read(first) - read_before >= grown  # and no summary was asked of it
+    assert first.summary()["default"]["totalRequests"] == 200
 
 
 def read_all(journal: PeerJournal) -> None:
