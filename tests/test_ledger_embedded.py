@@ -18,6 +18,18 @@ def brute(
     return Totals(len(chosen), sum(chosen))
 
 
+def assert_matches_brute_force(
+    ledger: EmbeddedLedger, entries: list[tuple[str, int, int]], rng: random.Random, checks: int
+) -> None:
+    top = max(at for _, at, _ in entries) + 100
+    for _ in range(checks):
+        low = rng.choice([None, rng.randint(-400, top)])
+        high = rng.choice([None, rng.randint(-400, top)])
+        summary = ledger.totals(low, high)
+        for name in ("default", "fallback"):
+            assert summary[name] == brute(entries, name, low, high)
+
+
 def test_summary_matches_brute_force_with_out_of_order_records() -> None:
     rng = random.Random(7)
     ledger = EmbeddedLedger()
@@ -28,12 +40,23 @@ def test_summary_matches_brute_force_with_out_of_order_records() -> None:
         entry = (rng.choice(["default", "fallback"]), at, rng.randint(1, 10_000))
         entries.append(entry)
         ledger.record(str(len(entries)), *entry, 0)
-    for _ in range(300):
-        low = rng.choice([None, rng.randint(-400, 5100)])
-        high = rng.choice([None, rng.randint(-400, 5100)])
-        summary = asyncio.run(ledger.summary(low, high))
-        for name in ("default", "fallback"):
-            assert summary[name] == brute(entries, name, low, high)
+    assert_matches_brute_force(ledger, entries, rng, 300)
+
+
+def test_summary_matches_brute_force_after_an_announced_delay_drops() -> None:
+    # Stamped send time + delay: once the delay drops from 5000 to 0, each new record lands
+    # before the last 5 s of them, and summaries come in between.
+    rng = random.Random(11)
+    ledger = EmbeddedLedger()
+    entries = []
+    for sent in range(20_000):
+        delay = 5000 if 4000 <= sent < 9000 else 0
+        entry = (rng.choice(["default", "fallback"]), sent + delay, rng.randint(1, 10_000))
+        entries.append(entry)
+        ledger.record(str(sent), *entry, 0)
+        if sent % 1000 == 999:
+            assert_matches_brute_force(ledger, entries, rng, 3)
+    assert_matches_brute_force(ledger, entries, rng, 100)
 
 
 def test_window_is_inclusive_at_both_ends() -> None:
