@@ -34,10 +34,10 @@ from rinha.processor_client import HealthReport, ProcessorClient
 PURGE_PATH = "/control/purge"
 HEALTH_PATH = "/control/health"
 # A replica reads its peers' journals this often between summaries. Read only when a summary
-# asked, a journal had gained one audit interval's lines or more (~10,000 late in the final
-# scenario, ~50 ms of CPU for each peer): a burst the contest's CPU caps throttle the replica
-# for, with the POSTs it holds waiting. Read every second, the same lines cost the same CPU in
-# pieces too small to matter.
+# asked (the test audits every 10 s, through each replica in turn), a journal had gained some
+# 30 s of lines: late in the final scenario 100-200 ms of CPU at once, which the contest's CPU
+# caps throttle the replica for while its POSTs wait. Read every second, the same lines cost
+# the same CPU in pieces too small to matter.
 FOLLOW_INTERVAL = 1.0
 
 
