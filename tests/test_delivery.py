@@ -241,7 +241,7 @@ def test_a_processor_that_rejects_every_payment_is_failed_over(
 def test_a_paced_backlog_leaves_a_pass_interval_at_a_time(
     service_factory: Callable[..., Service], fresh_processors: Any
 ) -> None:
-    # At 200 a second, each 20 ms pass starts the next four payments together, stamped within
+    # At 200 a second, each 50 ms pass starts the next ten payments together, stamped within
     # a millisecond or two of each other. Woken whenever one more may leave, a drain would
     # send them one at a time, 5 ms apart, each one a wakeup of its own.
     fresh_processors.default.set_failure(True)
@@ -260,7 +260,7 @@ def test_holds_that_end_one_after_another_leave_a_pass_interval_at_a_time(
     service_factory: Callable[..., Service], fresh_processors: Any
 ) -> None:
     # Accepted 5 ms apart, held for the failing default for 1 s each, the payments reach the
-    # fallback together, one 20 ms pass's worth at a time, not each at its own hold's end.
+    # fallback together, one 50 ms pass's worth at a time, not each at its own hold's end.
     fresh_processors.default.set_failure(True)
     service = service_factory("--max-hold", "1")
     ids = [str(uuid.uuid4()) for _ in range(40)]
