@@ -56,7 +56,7 @@ from rinha.config import DispatchSettings
 from rinha.health import ProcessorHealth
 from rinha.journal import Journal, NoJournal
 from rinha.ledger import Ledger
-from rinha.payments import Payment
+from rinha.payments import Ownership, Payment
 from rinha.processor_client import HealthReport, Outcome, ProcessorClient, StoredPayment
 from rinha.routing import Route, RoutingState, choose_route
 
@@ -125,14 +125,14 @@ class Dispatcher:
         self._settings = settings
         # Every pending payment that no delivery holds, oldest first.
         self._waiting: RingBuffer[Payment] = RingBuffer(capacity)
-        self.health = {name: ProcessorHealth(settings.probe_gap) for name in clients}
+        self.health = {name: ProcessorHealth() for name in clients}
         self.counts = {name: ProcessorCounts() for name in clients}
         # The payments each processor holds a slot for, with when each started, oldest first.
         self._on: dict[str, dict[Payment, float]] = {name: {} for name in clients}
-        # Slots per processor, and the loop time until which attempts may leave: with a
-        # shared store, the store's leases set both (rinha/store.py).
-        self.max_in_flight = settings.max_in_flight
-        self.send_until = math.inf
+        # Slots per processor, and the loop time until which attempts may leave: the cluster
+        # sets both (`allow`); nothing leaves before it does.
+        self.max_in_flight = 0
+        self.send_until = -math.inf
         self._send_interval = 1.0 / settings.max_send_rate
         self._loop = asyncio.get_running_loop()
         self._next_send_at = self._loop.time()
@@ -301,8 +301,8 @@ class Dispatcher:
         if now >= self.send_until:
             return  # the next lease renewal runs the pass
         while (payment := self._waiting.peek()) is not None:
-            if payment.owned is not True:
-                if payment.owned is None:
+            if payment.ownership is not Ownership.OURS:
+                if payment.ownership is Ownership.CLAIMING:
                     return  # its claim is being stored; the claim's end runs the pass
                 self._waiting.pop()  # another replica received it first and sends it
                 self.pending_count -= 1

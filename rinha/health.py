@@ -9,25 +9,26 @@ from __future__ import annotations
 
 from rinha.routing import ProcessorView
 
+# A failing processor is probed with a real payment at most this often.
+PROBE_GAP = 1.0
+
 
 class ProcessorHealth:
     __slots__ = (
         "_evidence_at",
         "_last_rejected",
         "_probe_at",
-        "_probe_gap",
         "failing",
         "min_response_ms",
         "probing",
     )
 
-    def __init__(self, probe_gap: float) -> None:
+    def __init__(self) -> None:
         self.failing = False
         self.min_response_ms = 0
         self._evidence_at = float("-inf")
         self.probing = False
         self._probe_at = float("-inf")
-        self._probe_gap = probe_gap
         # The payment this processor rejected last, unless it confirmed one since.
         self._last_rejected: str | None = None
 
@@ -65,7 +66,7 @@ class ProcessorHealth:
         self.probing = False
 
     def next_probe_at(self) -> float:
-        return self._probe_at + self._probe_gap
+        return self._probe_at + PROBE_GAP
 
     def view(self, now: float) -> ProcessorView:
         probe_allowed = self.failing and not self.probing and now >= self.next_probe_at()

@@ -18,10 +18,8 @@ settled on that processor with the same requestedAt before it may go anywhere el
 have been stored). A torn last line is ignored: its fact was never acted on. Start-up rewrites
 the journal compacted to what recovery needs.
 
-The other replicas of a cluster read a journal too (`PeerJournal`): a summary adds up every
-replica's journal, so it needs no other replica to be alive. A running replica holds its
-journal's lock file; a purge that finds a replica down (the lock free) appends its `P` line
-itself, so the replica forgets the same payments whenever it starts again.
+A running replica holds its journal's lock file (`lock`), so that no second process writes
+it; on one host, the other replicas read it too (rinha/cluster/peers.py).
 """
 
 from __future__ import annotations
@@ -33,13 +31,8 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from rinha.ledger import PROCESSORS, Summary, Totals
-from rinha.ledger.embedded import EmbeddedLedger
+from rinha.ledger import PROCESSORS
 from rinha.payments import Payment
-
-# A summary reads a peer's journal in pieces of this size, letting other work run between
-# them: a replica restarted late in a run has megabytes to read again.
-READ_CHUNK = 16384
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +48,7 @@ class JournalInUse(Exception):
     """Another live process owns this journal."""
 
 
-class _Replay:
+class Replay:
     """Takes a journal's lines in order; each subclass says what a fact means to it."""
 
     def apply(self, words: list[str]) -> None:
@@ -105,7 +98,7 @@ class _Replay:
         pass
 
 
-class Recovered(_Replay):
+class Recovered(Replay):
     """What a replica takes up again at start: its ledger, its pending payments (each with
     its unsettled attempt, if any), every id it ever accepted and, with a shared store, the
     run whose claims in the store those payments are."""
@@ -165,80 +158,7 @@ def read_journal(path: str) -> Recovered:
     return state
 
 
-class PeerJournal(_Replay):
-    """Another replica's journal, read up to its end whenever a summary needs that replica's
-    part: what it confirmed and what it holds pending. Its lines are written before they are
-    acted on, so this is exact even for a replica that was just killed."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        # Kept open between reads: the open descriptor pins the inode, so a journal replaced
-        # by a restart can never reuse the number compared below.
-        self._fd = -1
-        self._inode = -1
-        self._offset = 0  # just past the last whole line taken in
-        self.purged()  # starts empty, as after a purge
-
-    def purged(self) -> None:
-        self._ledger = EmbeddedLedger()
-        self._pending: dict[str, int] = {}
-        self._pending_cents = 0
-
-    def accepted(self, correlation_id: str, cents: int, accepted_ms: int) -> None:
-        if correlation_id not in self._pending:
-            self._pending[correlation_id] = cents
-            self._pending_cents += cents
-
-    def confirmed(self, entry: Confirmed) -> None:
-        self._pending_cents -= self._pending.pop(entry.correlation_id, 0)
-        self._ledger.record(
-            entry.correlation_id,
-            entry.processor,
-            entry.requested_at_ms,
-            entry.cents,
-            entry.accepted_ms,
-        )
-
-    def open_current(self) -> None:
-        """Make sure the file being read is the journal there now: one replaced (its replica
-        restarted and compacted it) or cut back is read again from its start."""
-        try:
-            status = os.stat(self.path)
-        except FileNotFoundError:
-            return  # that replica has not started yet: it has nothing
-        if self._fd < 0 or status.st_ino != self._inode or status.st_size < self._offset:
-            if self._fd >= 0:
-                os.close(self._fd)
-            self._fd = os.open(self.path, os.O_RDONLY)
-            self._inode = os.fstat(self._fd).st_ino
-            self._offset = 0
-            self.purged()
-
-    def read_chunk(self) -> bool:
-        """Take in the whole lines of up to READ_CHUNK bytes written since the last read;
-        True when more may follow. A line being written is left for the next read."""
-        if self._fd < 0:
-            return False
-        data = os.pread(self._fd, READ_CHUNK, self._offset)
-        end = data.rfind(b"\n") + 1
-        if not end and len(data) == READ_CHUNK:
-            end = len(data)  # no line is this long: an unreadable stretch, skipped
-        self._offset += end
-        self.apply_lines(data[:end].decode("ascii", errors="replace").split("\n"))
-        return len(data) == READ_CHUNK
-
-    def totals(self, from_ms: int | None, to_ms: int | None) -> Summary:
-        totals = self._ledger.totals(from_ms, to_ms)
-        totals["pending"] = Totals(len(self._pending), self._pending_cents)
-        return totals
-
-    def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
-
-
-def _lock(path: str, wait: float) -> int:
+def lock(path: str, wait: float) -> int:
     """Hold `path`'s lock file, which its owner keeps for as long as it runs; JournalInUse if
     another process still holds it after `wait` seconds."""
     descriptor = os.open(path + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
@@ -252,23 +172,6 @@ def _lock(path: str, wait: float) -> int:
                 os.close(descriptor)
                 raise JournalInUse(f"journal {path} is in use by another process") from None
             time.sleep(0.01)
-
-
-def purge_unowned(path: str) -> None:
-    """Append a purge to the journal of a replica that is not running (JournalInUse if it
-    is): it forgets everything on its next start, and summaries that read it at once."""
-    lock = _lock(path, wait=0)
-    try:
-        descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        try:
-            # After a newline: a line torn by the replica's death must not swallow it.
-            if os.write(descriptor, b"\nP\n") != 3:
-                raise OSError(errno.ENOSPC, f"purge not written to {path}")
-            os.fsync(descriptor)
-        finally:
-            os.close(descriptor)
-    finally:
-        os.close(lock)
 
 
 def _lines(state: Recovered) -> list[str]:
@@ -331,7 +234,7 @@ class Journal:
         run left, rewrite it compacted, and open it for appending."""
         os.makedirs(os.path.dirname(os.path.abspath(self._path)), exist_ok=True)
         # A purge appending for a dead replica holds the lock for microseconds.
-        self._lock = _lock(self._path, wait=5.0)
+        self._lock = lock(self._path, wait=5.0)
         state = read_journal(self._path)
         compacted = self._path + ".compacting"
         with open(compacted, "w", encoding="ascii") as out:

@@ -5,6 +5,7 @@ Money is an `int` of cents from parse to render (SPEC.md §2: amount is a positi
 
 from __future__ import annotations
 
+import enum
 import math
 import re
 
@@ -26,6 +27,15 @@ class BadInput(Exception):
         self.reason = reason
 
 
+class Ownership(enum.Enum):
+    """Whose payment this is to deliver. Only a shared store makes it anything but OURS
+    (rinha/cluster/store/claims.py): two replicas may receive the same correlationId."""
+
+    OURS = "ours"
+    CLAIMING = "claiming"  # this replica's claim on the id is on its way to the store
+    THEIRS = "theirs"  # another replica claimed the id first and delivers it
+
+
 class Payment:
     """One accepted payment.
 
@@ -40,7 +50,7 @@ class Payment:
         "accepted_ms",
         "cents",
         "correlation_id",
-        "owned",
+        "ownership",
         "requested_at_ms",
         "unsettled_on",
         "unsettled_since",
@@ -58,9 +68,7 @@ class Payment:
         self.unsettled_on: str | None = None
         self.unsettled_since = 0.0
         self.accepted_at = 0.0  # loop time, set when queued
-        # With the ledger in a shared store: None until this replica's claim on the id is
-        # stored, then whether it won (another replica may have received the same id).
-        self.owned: bool | None = True
+        self.ownership = Ownership.OURS
 
     def body(self, requested_at: str) -> bytes:
         """The processor's request body for an attempt stamped `requested_at`."""

@@ -39,6 +39,29 @@ def test_serve_help_lists_every_option() -> None:
         assert option in result.stdout
 
 
+def test_serve_help_groups_the_options_by_what_they_set() -> None:
+    result = run("serve", "--help")
+    assert result.returncode == 0
+    groups = ("where it listens", "what survives a crash", "replicas on one host", "delivery")
+    for group in groups:
+        assert group in result.stdout
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("--settle-after", "15", "--processor-timeout", "15"),
+        ("--settle-after", "5"),  # below the default processor timeout, 15 s
+    ],
+)
+def test_a_settle_time_within_the_processor_timeout_is_refused(args: tuple[str, ...]) -> None:
+    """A payment released to another processor while its first attempt may still be stored
+    would be charged twice."""
+    result = run("serve", "--no-journal", *args)
+    assert result.returncode == 2
+    assert "--settle-after must be above --processor-timeout" in result.stderr
+
+
 @pytest.mark.parametrize(
     "args",
     [
@@ -49,6 +72,7 @@ def test_serve_help_lists_every_option() -> None:
         ("up", "--processor-ports", "8001"),
         ("up", "--metrics-ports", "9101,9102"),
         ("serve", "--metrics-port", "0"),
+        ("serve", "--stamp-ahead-ms", "-1"),
         ("nonsense",),
     ],
 )

@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rinha.cluster import FOLLOW_INTERVAL
-from rinha.journal import PeerJournal, purge_unowned, read_journal
+from rinha.cluster.peers import FOLLOW_INTERVAL, PeerJournal, purge_unowned
+from rinha.journal import read_journal
 from rinha.ledger import Totals
 from tests.processes import call
 from tests.service_fixtures import Service

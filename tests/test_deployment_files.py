@@ -28,7 +28,7 @@ import pytest
 
 from rinha.bench.limits import CONTEST_LIMITS
 from rinha.cli import build_parser
-from rinha.config import service_config
+from rinha.config import OneHost, service_config
 from rinha.stack import METRICS_PORTS, Child, StackOptions, plan
 
 yaml = pytest.importorskip("yaml", reason="PyYAML is not installed (pip install -e '.[test]')")
@@ -256,7 +256,7 @@ def test_replica_settings_are_ones_the_service_reads(stack: str) -> None:
         for variable in environment:
             assert variable_is_read(variable), variable
         if stack == "default":
-            assert config.ledger_url is None
+            assert isinstance(config.topology, OneHost)
         else:
             ledger = environment["RINHA_LEDGER"]
             assert ledger.split("//")[1].split(":")[0] in stacks()[stack], ledger

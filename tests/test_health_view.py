@@ -4,7 +4,7 @@ from rinha.health import ProcessorHealth
 
 
 def test_newer_answer_overrides_older_report() -> None:
-    health = ProcessorHealth(probe_gap=1.0)
+    health = ProcessorHealth()
     health.report(failing=False, min_response_ms=0, at=10.0)
     assert health.refused(at=11.0) is True
     assert health.failing
@@ -16,7 +16,7 @@ def test_newer_answer_overrides_older_report() -> None:
 
 
 def test_one_probe_at_a_time_and_spaced() -> None:
-    health = ProcessorHealth(probe_gap=1.0)
+    health = ProcessorHealth()
     health.refused(at=0.0)
     assert health.view(now=0.0).probe_allowed
     health.start_probe(at=0.0)
@@ -27,6 +27,6 @@ def test_one_probe_at_a_time_and_spaced() -> None:
 
 
 def test_working_processor_needs_no_probe() -> None:
-    health = ProcessorHealth(probe_gap=1.0)
+    health = ProcessorHealth()
     view = health.view(now=100.0)
     assert not view.failing and not view.probe_allowed

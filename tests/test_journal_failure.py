@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import subprocess
 import sys
@@ -28,10 +29,8 @@ from rinha.processor_client import ProcessorClient
 
 SETTINGS = DispatchSettings(
     buffer_capacity=10,
-    max_in_flight=10,
     max_send_rate=1000.0,
     settle_after=1.0,
-    probe_gap=0.1,
     max_hold=0.0,  # a payment the default seems to refuse would go to the fallback at once
     spill_after=1.0,
     stamp_ahead_ms=0,
@@ -58,6 +57,7 @@ async def deliver_through_a_failing_journal(processors: Any, path: Path) -> dict
         for name in ("default", "fallback")
     }
     dispatcher = Dispatcher(ledger, clients, journal, SETTINGS, capacity=SETTINGS.buffer_capacity)
+    dispatcher.allow(math.inf, 10)
     dispatcher.start()
     journal_fd = descriptor_of(path)
     saved_fd = os.dup(journal_fd)

@@ -37,7 +37,9 @@ import uvloop
 from pymongo.errors import PyMongoError
 
 from rinha.clock import now_ms, parse_us
-from rinha.ledger import Ledger, LedgerUnavailable, Summary, Totals, open_ledger
+from rinha.cluster.store.ledger import MongoLedger
+from rinha.ledger import Ledger, LedgerUnavailable, Summary, Totals
+from rinha.ledger.embedded import EmbeddedLedger
 from tests.processes import free_port
 from tests.service_fixtures import Service
 
@@ -70,6 +72,11 @@ async def until_visible(
     while (found := await ledger.summary(*window)) != expected:
         assert time.monotonic() < deadline, f"after {VISIBLE_WITHIN} s: {found} != {expected}"
         await asyncio.sleep(0.01)
+
+
+def open_ledger(url: str | None) -> Ledger:
+    """The embedded ledger, or MongoDB's at `url`."""
+    return EmbeddedLedger() if url is None else MongoLedger(url)
 
 
 def new_id() -> str:

@@ -28,7 +28,9 @@ import uvloop
 
 from rinha.app import App
 from rinha.clock import now_ms
-from rinha.config import DispatchSettings
+from rinha.cluster import Cluster
+from rinha.cluster.host import HostCluster
+from rinha.config import DispatchSettings, OneHost
 from rinha.dispatcher import Dispatcher
 from rinha.http import HttpConnection, HttpServer
 from rinha.journal import Journal, NoJournal
@@ -42,10 +44,8 @@ REPEATS = 7
 # The dispatcher is never started here; only its accepting side is timed.
 SETTINGS = DispatchSettings(
     buffer_capacity=0,
-    max_in_flight=1,
     max_send_rate=1.0,
     settle_after=1.0,
-    probe_gap=1.0,
     max_hold=0.0,
     spill_after=1.0,
     stamp_ahead_ms=0,
@@ -102,6 +102,11 @@ class _CountingTransport:
         pass
 
 
+def lone_replica(journal: Journal | NoJournal, clients: dict[str, ProcessorClient]) -> Cluster:
+    """A replica with no peers, never started: only its accepting side is timed."""
+    return HostCluster(OneHost(None, (), False, 1), journal, clients, health_interval=5.0)
+
+
 async def in_process(ops: int) -> list[tuple[str, float]]:
     unreachable = "http://127.0.0.1:9"
     clients = {
@@ -156,7 +161,7 @@ async def in_process(ops: int) -> list[tuple[str, float]]:
         }
         for name, (journal, count) in journals.items():
             journal.recover()
-            app = App(fresh_dispatcher(), ledger, journal, set())
+            app = App(fresh_dispatcher(), lone_replica(journal, clients))
             connection = HttpConnection(app.handle, HttpServer(app.handle))
             transport = _CountingTransport()
             connection.connection_made(transport)  # type: ignore[arg-type]
@@ -188,7 +193,7 @@ async def in_process(ops: int) -> list[tuple[str, float]]:
         )
     )
 
-    app = App(dispatcher, ledger, NoJournal(), set())
+    app = App(dispatcher, lone_replica(NoJournal(), clients))
     metrics = MetricsServer(app, dispatcher, clients, NoJournal())
     rows.append(("a metrics scrape (/metrics body)", per_op_ns(metrics.render, 200)))
 

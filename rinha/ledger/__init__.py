@@ -1,6 +1,7 @@
 """The ledger: every payment a processor confirmed, with the requestedAt that was sent.
 
-One small interface, several stores. `record` never waits (a store that needs I/O batches it
+One small interface, two stores: in this process (embedded) and in MongoDB, shared by the
+replicas (rinha/cluster/store/ledger.py). `record` never waits (a store that needs I/O batches it
 off the request path); `summary` answers for an inclusive window of epoch milliseconds, or
 raises `LedgerUnavailable` rather than give a figure it cannot vouch for.
 """
@@ -11,7 +12,6 @@ from dataclasses import dataclass
 from typing import Protocol
 
 PROCESSORS = ("default", "fallback")
-STORE_SCHEMES = ("mongodb://", "mongodb+srv://")
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,16 +54,3 @@ class Ledger(Protocol):
         """Forget every record, stored ones included."""
 
     async def close(self) -> None: ...
-
-
-def open_ledger(url: str | None) -> Ledger:
-    """The embedded ledger, or the store that `url` names (`mongodb://…`)."""
-    if not url:
-        from rinha.ledger.embedded import EmbeddedLedger
-
-        return EmbeddedLedger()
-    if url.startswith(STORE_SCHEMES):
-        from rinha.ledger.mongodb import MongoLedger
-
-        return MongoLedger(url)
-    raise ValueError(f"RINHA_LEDGER must be empty or a mongodb:// URL, not {url!r}")

@@ -1,0 +1,100 @@
+"""How replicas agree: one `Cluster` seam, two shapes behind it.
+
+Whatever the shape, a cluster keeps five promises (README, "Running the stack"):
+- one exact summary from any live replica, alone: every replica's confirmed payments in the
+  window and every pending one, or `ClusterUnavailable`, never a wrong figure;
+- one purge: asked of any replica, every replica forgets what it accepted up to then;
+- one health poller: the processors allow one health call per 5 s for every caller together
+  (SPEC.md §3), so exactly one replica polls and every replica applies its reports;
+- a share of the processors' 800 calls for each replica;
+- a dead replica's payments neither lost nor charged twice.
+
+The two shapes:
+- one host (`rinha.cluster.host`): each replica reads its peers' journals and reaches them on
+  private control sockets; with no peer named, a lone replica;
+- several machines (`rinha.cluster.store`): replicas share nothing but a MongoDB store, with
+  claims, leases and a purge marker in it.
+
+The POST path asks the cluster two things: whether an id was answered 202 already, and to
+accept a payment (its journal line, and in the store shape its claim). Everything else the
+cluster does in the background or when a summary or purge asks.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+from rinha.journal import Journal, NoJournal, Recovered
+from rinha.ledger import Ledger, Summary
+from rinha.payments import Payment
+from rinha.processor_client import HealthReport, ProcessorClient
+
+if TYPE_CHECKING:
+    from rinha.dispatcher import Dispatcher
+
+
+class ClusterUnavailable(Exception):
+    """The cluster-wide answer is unknown now; `answer` is the whole 503 response to give."""
+
+    def __init__(self, answer: bytes, reason: str) -> None:
+        super().__init__(reason)
+        self.answer = answer
+
+
+class Cluster(abc.ABC):
+    """This replica's part of the cluster. The journal and the ids answered 202 are the
+    replica's own; each shape says how they meet the others'."""
+
+    def __init__(self, journal: Journal | NoJournal, ledger: Ledger) -> None:
+        self.journal = journal
+        # Where the dispatcher records what a processor confirmed.
+        self.ledger = ledger
+        # Every correlationId this replica answered 202 for since the last purge.
+        self.known_ids: set[str] = set()
+
+    def knows(self, correlation_id: str) -> bool:
+        """Answered 202 already: a replay is answered 202 again and charged nothing."""
+        return correlation_id in self.known_ids
+
+    def accept(self, payment: Payment) -> None:
+        """Keep an accepted payment before its 202 leaves: OSError if its journal line could
+        not be written, and then nothing is kept."""
+        self.journal.accepted(payment)
+        self.known_ids.add(payment.correlation_id)
+
+    @abc.abstractmethod
+    async def start(self, dispatcher: Dispatcher, recovered: Recovered) -> None:
+        """Take up what the journal's previous run left and join the others."""
+
+    @abc.abstractmethod
+    async def summary(self, from_ms: int | None, to_ms: int | None) -> Summary:
+        """The whole cluster's payments confirmed in the window, and `pending`; raises
+        ClusterUnavailable."""
+
+    @abc.abstractmethod
+    async def purge(self) -> None:
+        """Every replica forgets what it accepted up to now; raises ClusterUnavailable."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Leave the cluster; what this replica holds stays in its journal."""
+
+
+async def poll_health(
+    clients: dict[str, ProcessorClient],
+    interval: float,
+    publish: Callable[[dict[str, HealthReport]], Awaitable[None]],
+) -> None:
+    """Ask each processor for its health once per `interval`, forever, and publish the answers."""
+    loop = asyncio.get_running_loop()
+    next_at = loop.time()
+    while True:
+        answers = await asyncio.gather(*(client.health() for client in clients.values()))
+        reports = {name: r for name, r in zip(clients, answers) if r is not None}
+        if reports:
+            await publish(reports)
+        next_at = max(next_at + interval, loop.time())
+        await asyncio.sleep(next_at - loop.time())

@@ -1,0 +1,146 @@
+"""One host's cluster: replicas that read each other's journals (rinha/cluster/peers.py).
+
+- **Summary**: this replica's ledger and pending payments, plus what each peer's journal says
+  now. Answered by any live replica alone, and exact while a peer is dead or restarting, with
+  one bound: what a killed replica had sent and not yet heard back about may be stored by the
+  processor meanwhile, and is counted once the replica, started again, settles it. A peer's
+  journal that cannot be read makes the summary a 503, never a wrong figure.
+- **Purge**: this replica forgets, and every peer is told on its control socket; a peer that
+  is down gets the purge in its journal. Only a peer that is running and does not answer
+  makes the purge a 503, and a retry purges everything again.
+- **Health**: replica 1 polls the processors and pushes every report to the others.
+- **Share of the processors' calls**: each replica's fixed `--max-in-flight`.
+- **A dead replica**: restarted on its journal, it takes up what it held.
+
+With no peer named this is a lone replica.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from typing import TYPE_CHECKING
+
+from rinha.cluster import Cluster, ClusterUnavailable, poll_health
+from rinha.cluster.peers import HEALTH_PATH, PURGE_PATH, Peers, PeerUnavailable, decode_health
+from rinha.config import OneHost
+from rinha.http import Answer, HttpServer, Request, response
+from rinha.journal import Journal, NoJournal, Recovered
+from rinha.ledger import Summary, Totals
+from rinha.ledger.embedded import EmbeddedLedger
+from rinha.processor_client import HealthReport, ProcessorClient
+
+if TYPE_CHECKING:
+    from rinha.dispatcher import Dispatcher
+
+log = logging.getLogger("rinha")
+
+PEER_UNREADABLE = response(503, b'{"error":"a replica\'s journal cannot be read; totals unknown"}')
+PURGE_INCOMPLETE = response(503, b'{"error":"a running replica did not answer; purge again"}')
+CONTROL_OK = response(200, b"{}")
+CONTROL_NOT_FOUND = response(404, b'{"error":"no such route"}')
+CONTROL_METHOD_NOT_ALLOWED = response(405, b'{"error":"method not allowed"}')
+
+
+class HostCluster(Cluster):
+    def __init__(
+        self,
+        topology: OneHost,
+        journal: Journal | NoJournal,
+        clients: dict[str, ProcessorClient],
+        health_interval: float,
+    ) -> None:
+        self._ledger = EmbeddedLedger()
+        super().__init__(journal, self._ledger)
+        self._topology = topology
+        self._peers = Peers(topology.peers)
+        self._clients = clients
+        self._health_interval = health_interval
+        self._control = HttpServer(self._handle_control)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._started_at = 0.0
+
+    async def start(self, dispatcher: Dispatcher, recovered: Recovered) -> None:
+        self._dispatcher = dispatcher
+        self.known_ids.update(recovered.known_ids)
+        dispatcher.allow(math.inf, self._topology.max_in_flight)
+        dispatcher.restore(list(recovered.pending.values()))
+        if self._topology.control is not None:
+            await self._control.listen_unix(self._topology.control)
+        loop = asyncio.get_running_loop()
+        self._started_at = loop.time()
+        if self._topology.peers:
+            self._tasks.append(loop.create_task(self._peers.follow()))
+        if self._topology.poll_health:
+            poller = poll_health(self._clients, self._health_interval, self._publish)
+            self._tasks.append(loop.create_task(poller))
+
+    async def summary(self, from_ms: int | None, to_ms: int | None) -> Summary:
+        dispatcher = self._dispatcher
+        totals = await self._ledger.summary(from_ms, to_ms)
+        totals["pending"] = Totals(dispatcher.pending_count, dispatcher.pending_cents)
+        try:
+            for name, part in (await self._peers.totals(from_ms, to_ms)).items():
+                totals[name] = totals[name] + part
+        except PeerUnavailable as error:
+            raise ClusterUnavailable(PEER_UNREADABLE, str(error)) from error
+        return totals
+
+    async def purge(self) -> None:
+        unreached = None
+        try:
+            await self._peers.purge()
+        except PeerUnavailable as error:
+            unreached = error  # every other replica purges all the same
+        try:
+            self._forget()
+        except OSError as error:
+            raise ClusterUnavailable(PURGE_INCOMPLETE, str(error)) from error
+        if unreached is not None:
+            raise ClusterUnavailable(PURGE_INCOMPLETE, str(unreached)) from unreached
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._control.shutdown()
+        await self._peers.close()
+
+    def _forget(self) -> None:
+        """Everything accepted before now, at once (no await): the journal first, so that a
+        restart forgets it too."""
+        self.journal.purged()
+        self._dispatcher.purge(math.inf)
+        self._ledger.forget()
+        self.known_ids.clear()
+
+    async def _publish(self, reports: dict[str, HealthReport]) -> None:
+        for name, report in reports.items():
+            self._dispatcher.apply_health(name, report)
+        try:
+            await self._peers.push_health(reports)
+        except PeerUnavailable as error:
+            # The peers start alongside this replica; one still starting gets the next
+            # report, one interval later.
+            loop = asyncio.get_running_loop()
+            if loop.time() - self._started_at > self._health_interval:
+                log.warning("health report not delivered to every peer: %s", error)
+
+    def _handle_control(self, request: Request) -> Answer:
+        path, method = request.path.decode("latin-1"), request.method
+        if path == PURGE_PATH:
+            if method != b"POST":
+                return CONTROL_METHOD_NOT_ALLOWED
+            try:
+                self._forget()
+            except OSError:
+                return PURGE_INCOMPLETE
+            return CONTROL_OK
+        if path == HEALTH_PATH:
+            if method != b"PUT":
+                return CONTROL_METHOD_NOT_ALLOWED
+            for name, report in decode_health(request.body).items():
+                self._dispatcher.apply_health(name, report)
+            return CONTROL_OK
+        return CONTROL_NOT_FOUND

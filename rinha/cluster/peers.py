@@ -1,0 +1,227 @@
+"""One host's replicas, as each sees the others: their journals, read to add up their
+totals, and their control sockets, to reach them for a purge or a health report.
+
+Every replica's journal says what it confirmed and what it holds pending, line by line before
+it acts on it (rinha/journal.py), so a peer's journal read now is exact even for a replica
+that was just killed. A peer that is down (its journal's lock is free) gets a purge appended
+to its journal, which summaries read at once and it obeys when it starts again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+from collections.abc import Awaitable, Iterable, Sequence
+
+import aiohttp
+import orjson
+
+from rinha.journal import Confirmed, JournalInUse, Replay, lock
+from rinha.ledger import Summary, Totals
+from rinha.ledger.embedded import EmbeddedLedger
+from rinha.processor_client import HealthReport
+
+# Control-socket routes.
+PURGE_PATH = "/control/purge"
+HEALTH_PATH = "/control/health"
+# A replica reads its peers' journals this often between summaries, so that a summary reads
+# only the last second's lines: read all at once, late in a run, a journal's backlog took
+# enough CPU at once for the contest's caps to throttle the replica while its POSTs waited.
+FOLLOW_INTERVAL = 1.0
+# A peer's journal is read in pieces of this size, letting other work run between them: a
+# replica restarted late in a run has megabytes to read again.
+READ_CHUNK = 16384
+
+
+class PeerUnavailable(Exception):
+    """A peer replica could not be reached or read; the cluster-wide answer is unknown now."""
+
+
+def encode_health(reports: dict[str, HealthReport]) -> bytes:
+    return orjson.dumps({name: [r.failing, r.min_response_ms] for name, r in reports.items()})
+
+
+def decode_health(body: bytes) -> dict[str, HealthReport]:
+    return {name: HealthReport(bool(f), int(ms)) for name, (f, ms) in orjson.loads(body).items()}
+
+
+async def _on_every_peer(calls: Iterable[Awaitable[None]]) -> None:
+    """Every call runs to its end, so one peer's failure leaves none half done; the first
+    failure is raised after."""
+    for result in await asyncio.gather(*calls, return_exceptions=True):
+        if isinstance(result, BaseException):
+            raise result
+
+
+class Peer:
+    """Another replica: its control socket and its journal."""
+
+    def __init__(self, control: str, journal: str, timeout: float) -> None:
+        self.journal = PeerJournal(journal)
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.UnixConnector(path=control),
+            timeout=aiohttp.ClientTimeout(total=timeout),
+        )
+
+    async def call(self, method: str, path: str, data: bytes | None = None) -> None:
+        try:
+            async with self._session.request(method, "http://peer" + path, data=data) as answer:
+                await answer.read()
+                if answer.status != 200:
+                    raise PeerUnavailable(f"peer answered {answer.status} to {path}")
+        except (TimeoutError, aiohttp.ClientError) as error:
+            raise PeerUnavailable(str(error) or type(error).__name__) from error
+
+    async def read_journal(self) -> None:
+        """Take in whatever the peer's journal gained since the last read."""
+        journal = self.journal
+        try:
+            journal.open_current()
+            while journal.read_chunk():
+                await asyncio.sleep(0)  # the POSTs that arrived meanwhile go first
+        except OSError as error:
+            raise PeerUnavailable(f"{journal.path}: {error}") from error
+
+    async def purge(self) -> None:
+        try:
+            await self.call("POST", PURGE_PATH)
+        except PeerUnavailable:
+            try:
+                purge_unowned(self.journal.path)
+            except JournalInUse:
+                raise PeerUnavailable(f"{self.journal.path}: running, not answering") from None
+            except OSError as error:
+                raise PeerUnavailable(str(error)) from error
+
+    async def close(self) -> None:
+        self.journal.close()
+        await self._session.close()
+
+
+class Peers:
+    """The other replicas of this host's cluster."""
+
+    def __init__(self, peers: Sequence[tuple[str, str]], *, timeout: float = 2.0) -> None:
+        self._peers = [Peer(control, journal, timeout) for control, journal in peers]
+
+    async def totals(self, from_ms: int | None, to_ms: int | None) -> Summary:
+        """What every peer's journal says it confirmed in the window and holds pending."""
+        totals: Summary = {}
+        for peer in self._peers:
+            await peer.read_journal()
+            for name, part in peer.journal.totals(from_ms, to_ms).items():
+                totals[name] = totals.get(name, Totals()) + part
+        return totals
+
+    async def follow(self) -> None:
+        """Read every peer's journal up to its end once per FOLLOW_INTERVAL, forever, so that a
+        summary only reads what was written since."""
+        while True:
+            for peer in self._peers:
+                try:
+                    await peer.read_journal()
+                except PeerUnavailable:
+                    pass  # a summary meanwhile answers 503 and says why
+            await asyncio.sleep(FOLLOW_INTERVAL)
+
+    async def purge(self) -> None:
+        await _on_every_peer(peer.purge() for peer in self._peers)
+
+    async def push_health(self, reports: dict[str, HealthReport]) -> None:
+        body = encode_health(reports)
+        await _on_every_peer(peer.call("PUT", HEALTH_PATH, body) for peer in self._peers)
+
+    async def close(self) -> None:
+        for peer in self._peers:
+            await peer.close()
+
+
+class PeerJournal(Replay):
+    """Another replica's journal, read up to its end whenever a summary needs that replica's
+    part: what it confirmed and what it holds pending. Its lines are written before they are
+    acted on, so this is exact even for a replica that was just killed."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        # Kept open between reads: the open descriptor pins the inode, so a journal replaced
+        # by a restart can never reuse the number compared below.
+        self._fd = -1
+        self._inode = -1
+        self._offset = 0  # just past the last whole line taken in
+        self.purged()  # starts empty, as after a purge
+
+    def purged(self) -> None:
+        self._ledger = EmbeddedLedger()
+        self._pending: dict[str, int] = {}
+        self._pending_cents = 0
+
+    def accepted(self, correlation_id: str, cents: int, accepted_ms: int) -> None:
+        if correlation_id not in self._pending:
+            self._pending[correlation_id] = cents
+            self._pending_cents += cents
+
+    def confirmed(self, entry: Confirmed) -> None:
+        self._pending_cents -= self._pending.pop(entry.correlation_id, 0)
+        self._ledger.record(
+            entry.correlation_id,
+            entry.processor,
+            entry.requested_at_ms,
+            entry.cents,
+            entry.accepted_ms,
+        )
+
+    def open_current(self) -> None:
+        """Make sure the file being read is the journal there now: one replaced (its replica
+        restarted and compacted it) or cut back is read again from its start."""
+        try:
+            status = os.stat(self.path)
+        except FileNotFoundError:
+            return  # that replica has not started yet: it has nothing
+        if self._fd < 0 or status.st_ino != self._inode or status.st_size < self._offset:
+            if self._fd >= 0:
+                os.close(self._fd)
+            self._fd = os.open(self.path, os.O_RDONLY)
+            self._inode = os.fstat(self._fd).st_ino
+            self._offset = 0
+            self.purged()
+
+    def read_chunk(self) -> bool:
+        """Take in the whole lines of up to READ_CHUNK bytes written since the last read;
+        True when more may follow. A line being written is left for the next read."""
+        if self._fd < 0:
+            return False
+        data = os.pread(self._fd, READ_CHUNK, self._offset)
+        end = data.rfind(b"\n") + 1
+        if not end and len(data) == READ_CHUNK:
+            end = len(data)  # no line is this long: an unreadable stretch, skipped
+        self._offset += end
+        self.apply_lines(data[:end].decode("ascii", errors="replace").split("\n"))
+        return len(data) == READ_CHUNK
+
+    def totals(self, from_ms: int | None, to_ms: int | None) -> Summary:
+        totals = self._ledger.totals(from_ms, to_ms)
+        totals["pending"] = Totals(len(self._pending), self._pending_cents)
+        return totals
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+def purge_unowned(path: str) -> None:
+    """Append a purge to the journal of a replica that is not running (JournalInUse if it
+    is): it forgets everything on its next start, and summaries that read it at once."""
+    held = lock(path, wait=0)
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            # After a newline: a line torn by the replica's death must not swallow it.
+            if os.write(descriptor, b"\nP\n") != 3:
+                raise OSError(errno.ENOSPC, f"purge not written to {path}")
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+    finally:
+        os.close(held)

@@ -1,0 +1,196 @@
+"""Replicas that share nothing but a MongoDB store: any number, on any hosts, each started
+alone with the same command (README, "Several machines").
+
+Every part lives in the store's database:
+- confirmed payments and the purge marker (`ledger.py`): a summary is one aggregation there;
+- claims (`claims.py`): a payment is charged once across replicas, with no affinity;
+- leases (`lease.py`): who is alive, who polls the processors' health, each one's share of
+  the processors' calls;
+- takeover (`takeover.py`): a dead replica's payments are neither lost nor charged twice.
+
+Purge (`{_id: "purge", atMs}`): every replica forgets, at its next renewal, the payments it
+accepted up to that moment; a summary counts only payments accepted after it.
+
+Clocks: leases and the purge compare the replicas' wall clocks, so the hosts' clocks must agree
+(NTP) to well within the lease's 3 s and the gap a client leaves after a purge.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, TypeVar
+
+from pymongo.errors import PyMongoError
+
+from rinha.cluster import Cluster, ClusterUnavailable
+from rinha.cluster.store.claims import Claims
+from rinha.cluster.store.lease import REPLICA_PREFIX, Lease
+from rinha.cluster.store.ledger import CLUSTER, MongoLedger
+from rinha.cluster.store.takeover import Takeover
+from rinha.config import SharedStore
+from rinha.http import response
+from rinha.journal import Journal, NoJournal, Recovered
+from rinha.ledger import LedgerUnavailable, Summary
+from rinha.payments import Payment
+from rinha.processor_client import ProcessorClient
+
+if TYPE_CHECKING:
+    from rinha.dispatcher import Dispatcher
+
+log = logging.getLogger("rinha")
+
+STORE_UNAVAILABLE = response(503, b'{"error":"the ledger store did not answer; totals unknown"}')
+# Before the first purge.
+NEVER_PURGED = -1
+
+T = TypeVar("T")
+
+
+class StoreCluster(Cluster):
+    def __init__(
+        self,
+        topology: SharedStore,
+        journal: Journal | NoJournal,
+        clients: dict[str, ProcessorClient],
+        health_interval: float,
+    ) -> None:
+        self._ledger = MongoLedger(topology.url)
+        super().__init__(journal, self._ledger)
+        self.name = REPLICA_PREFIX + uuid.uuid4().hex
+        self._clients = clients
+        self._health_interval = health_interval
+        self._purged_at_ms = NEVER_PURGED
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self, dispatcher: Dispatcher, recovered: Recovered) -> None:
+        """Take this run's lease, then take up what the journal's previous run left: the
+        payments still its own in the store, as the journal knows them; those it accepted and
+        never claimed, to be claimed now; those only the store knows, looked up on both
+        processors. Waits for the store."""
+        self._dispatcher = dispatcher
+        database = self._ledger.database
+        self._claims = Claims(self._ledger, self.name, dispatcher)
+        self._takeover = Takeover(
+            self.name, self._claims.collection, database[CLUSTER], dispatcher, self.known_ids
+        )
+        self._lease = Lease(
+            self.name,
+            database[CLUSTER],
+            dispatcher,
+            self._takeover,
+            self._clients,
+            self._health_interval,
+            self._purged_elsewhere,
+        )
+        dispatcher.allow(-math.inf, 0)  # nothing leaves before the first renewal
+        self.known_ids.update(recovered.known_ids)
+        purged_at_ms = await _patiently("waiting for the store", self._join)
+        self._set_purged_at(purged_at_ms)
+        known = {
+            correlation_id: payment
+            for correlation_id, payment in recovered.pending.items()
+            if payment.accepted_ms > purged_at_ms
+        }
+        # A purge this journal has not seen forgot these ids: they may be accepted anew.
+        self.known_ids.difference_update(
+            [p.correlation_id for p in recovered.pending.values() if p.accepted_ms <= purged_at_ms]
+            + [
+                c.correlation_id
+                for c in recovered.confirmed_entries
+                if c.accepted_ms <= purged_at_ms
+            ]
+        )
+        previous = recovered.last_incarnation
+        if previous is None:
+            unclaimed = list(known.values())
+        else:
+            unclaimed = await _patiently(
+                "taking up the previous run's payments",
+                lambda: self._takeover.take_over_previous(previous, known),
+            )
+        for payment in unclaimed:
+            self._claims.claim(payment)
+        dispatcher.restore(unclaimed)
+        self.journal.incarnation(self.name)
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(self._claims.write_forever()),
+            loop.create_task(self._lease.renew_forever()),
+        ]
+
+    async def _join(self) -> int:
+        await self._lease.join()
+        return await self._ledger.purged_at_ms()
+
+    def accept(self, payment: Payment) -> None:
+        super().accept(payment)
+        self._claims.claim(payment)
+
+    async def summary(self, from_ms: int | None, to_ms: int | None) -> Summary:
+        """The store's confirmed payments and owned claims, plus this replica's own payments
+        whose claims are on their way."""
+        try:
+            purged_at_ms = await self._ledger.purged_at_ms()
+            pending = await self._claims.pending(purged_at_ms)
+            totals = await self._ledger.confirmed(from_ms, to_ms, purged_at_ms)
+        except (LedgerUnavailable, PyMongoError) as error:
+            raise ClusterUnavailable(STORE_UNAVAILABLE, str(error)) from error
+        totals["pending"] = pending
+        return totals
+
+    async def purge(self) -> None:
+        """Every replica forgets what it accepted up to now: this one at once, the others at
+        their next renewal."""
+        try:
+            await self._ledger.purge()
+            self._forget(await self._ledger.purged_at_ms())
+        except (LedgerUnavailable, PyMongoError) as error:
+            raise ClusterUnavailable(STORE_UNAVAILABLE, str(error)) from error
+
+    async def close(self) -> None:
+        """Its lease stays: it expires, and whoever marks it dead finds what is left, if
+        anything."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._ledger.close()
+
+    async def _purged_elsewhere(self, at_ms: int) -> None:
+        """A purge asked of another replica, seen at a renewal."""
+        if at_ms > self._purged_at_ms:
+            self._forget(at_ms)
+            await self._claims.collection.delete_many(
+                {"owner": self.name, "acceptedMs": {"$lte": at_ms}}
+            )
+
+    def _set_purged_at(self, at_ms: int) -> None:
+        self._purged_at_ms = max(self._purged_at_ms, at_ms)
+        self._takeover.purged_at_ms = self._purged_at_ms
+
+    def _forget(self, up_to_ms: int) -> None:
+        self._set_purged_at(up_to_ms)
+        self._claims.forget(up_to_ms)
+        kept = self._dispatcher.purge(up_to_ms)
+        self.known_ids.clear()
+        self.known_ids.update(payment.correlation_id for payment in kept)
+        if not kept:
+            # Everything in the journal is forgotten: its next start needs none of it. (With
+            # payments kept, the store's purge moment sorts the journal out at that start.)
+            try:
+                self.journal.purged()
+            except OSError as error:
+                log.warning("purge not journaled: %s", error)
+
+
+async def _patiently(what: str, attempt: Callable[[], Awaitable[T]]) -> T:
+    """`attempt`'s result, once the store answers it: a replica cannot start without it."""
+    while True:
+        try:
+            return await attempt()
+        except PyMongoError as error:
+            log.warning("%s: %s", what, error)
+            await asyncio.sleep(1.0)

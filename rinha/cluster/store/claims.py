@@ -1,0 +1,160 @@
+"""Claims: a payment is charged once across replicas with no affinity between them.
+
+`claims` holds one document per correlationId: `{_id, owner, cents, acceptedMs}`. A replica
+answers 202 after its journal line, as always, and its claims are inserted off the POST path,
+every CLAIM_INTERVAL, in one `insert_many(ordered=False)`. A payment is sent only after its
+claim is stored (it is CLAIMING until then); when another replica's claim on the same id is
+there first, this replica's copy is THEIRS and dropped. A confirmation clears the claim's
+owner (rinha/cluster/store/ledger.py), so the owned claims are exactly the pending payments.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any
+
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.errors import BulkWriteError, PyMongoError
+
+from rinha.cluster.store.ledger import CLAIMS, DUPLICATE_KEY, MongoLedger
+from rinha.ledger import LedgerUnavailable, Totals
+from rinha.payments import Ownership, Payment
+
+if TYPE_CHECKING:
+    from rinha.dispatcher import Dispatcher
+
+log = logging.getLogger("rinha")
+
+CLAIM_INTERVAL = 0.02
+CLAIM_BATCH = 1000
+# After a failed claim write.
+RETRY_DELAY = 0.5
+
+Document = dict[str, Any]
+
+
+def owned_since(purged_at_ms: int, owner: str | None = None) -> Document:
+    """Claims of pending payments accepted after the last purge (of `owner`'s, if given)."""
+    owned: Any = {"$exists": True} if owner is None else owner
+    return {"owner": owned, "acceptedMs": {"$gt": purged_at_ms}}
+
+
+class Claims:
+    def __init__(self, ledger: MongoLedger, name: str, dispatcher: Dispatcher) -> None:
+        self._ledger = ledger
+        self.collection: AsyncCollection[Document] = ledger.database[CLAIMS]
+        self._name = name
+        self._dispatcher = dispatcher
+        self._unclaimed: list[Payment] = []
+        self._claiming: list[Payment] = []  # the batch being written
+        self._has_unclaimed = asyncio.Event()
+
+    def claim(self, payment: Payment) -> None:
+        """Claim an accepted payment in the store; it waits in the dispatcher meanwhile."""
+        payment.ownership = Ownership.CLAIMING
+        self._unclaimed.append(payment)
+        self._has_unclaimed.set()
+
+    def forget(self, up_to_ms: int) -> None:
+        """A purge: claims of payments accepted up to then are not written."""
+        self._unclaimed = [p for p in self._unclaimed if p.accepted_ms > up_to_ms]
+
+    async def pending(self, purged_at_ms: int) -> Totals:
+        """The owned claims, plus this replica's own payments whose claims are not stored yet
+        (another replica's are missing for those few milliseconds)."""
+        claiming = [
+            p for p in self._unclaimed + self._claiming if p.ownership is Ownership.CLAIMING
+        ]
+        pending = Totals(len(claiming), sum(payment.cents for payment in claiming))
+        try:
+            cursor = await self.collection.aggregate(
+                [
+                    {"$match": owned_since(purged_at_ms)},
+                    {"$group": {"_id": None, "count": {"$sum": 1}, "cents": {"$sum": "$cents"}}},
+                ]
+            )
+            for row in await cursor.to_list():
+                pending = pending + Totals(row["count"], row["cents"])
+        except PyMongoError as error:
+            raise LedgerUnavailable(f"summary failed: {error}") from error
+        return pending
+
+    async def write_forever(self) -> None:
+        while True:
+            await self._has_unclaimed.wait()
+            await asyncio.sleep(CLAIM_INTERVAL)
+            try:
+                await self._write_once()
+            except Exception:
+                log.exception("claims not stored yet")
+                await asyncio.sleep(RETRY_DELAY)
+
+    async def _write_once(self) -> None:
+        batch = self._claiming = self._unclaimed[:CLAIM_BATCH]
+        del self._unclaimed[:CLAIM_BATCH]
+        if not self._unclaimed:
+            self._has_unclaimed.clear()
+        if not batch:
+            return  # a purge forgot them
+        try:
+            await self._write(batch)
+        except BaseException:
+            self._unclaimed[:0] = [p for p in batch if p.ownership is Ownership.CLAIMING]
+            self._has_unclaimed.set()
+            raise
+        finally:
+            self._claiming = []
+
+    async def _write(self, batch: list[Payment]) -> None:
+        docs = [
+            {
+                "_id": payment.correlation_id,
+                "owner": self._name,
+                "cents": payment.cents,
+                "acceptedMs": payment.accepted_ms,
+            }
+            for payment in batch
+        ]
+        taken: set[int] = set()
+        try:
+            await self.collection.insert_many(docs, ordered=False)
+        except BulkWriteError as error:
+            errors = error.details.get("writeErrors", ())
+            if error.details.get("writeConcernErrors") or any(
+                e.get("code") != DUPLICATE_KEY for e in errors
+            ):
+                raise
+            taken = {e["index"] for e in errors}
+        for index, payment in enumerate(batch):
+            if index not in taken:
+                payment.ownership = Ownership.OURS
+        if taken:
+            await self._settle_duplicates([batch[index] for index in taken])
+            again = [batch[i] for i in taken if batch[i].ownership is Ownership.CLAIMING]
+            if again:
+                self._unclaimed[:0] = again
+                self._has_unclaimed.set()
+        self._dispatcher.wake()
+
+    async def _settle_duplicates(self, payments: list[Payment]) -> None:
+        """Claims refused because the id is claimed already: whose is it?"""
+        ids = [payment.correlation_id for payment in payments]
+        claims = {doc["_id"]: doc async for doc in self.collection.find({"_id": {"$in": ids}})}
+        purged_at_ms = await self._ledger.purged_at_ms()
+        for payment in payments:
+            claim = claims.get(payment.correlation_id)
+            if claim is None:
+                continue  # purged since: claimed again with the next batch
+            if claim["acceptedMs"] <= purged_at_ms:
+                # Claimed before a purge by a replica that had not seen it yet: the id is free.
+                forgotten = {"$lte": purged_at_ms}
+                await self.collection.delete_one(
+                    {"_id": payment.correlation_id, "acceptedMs": forgotten}
+                )
+                continue  # claimed again with the next batch
+            # This run's own claim, stored by a write whose answer was lost; or another
+            # replica's (owned by it, confirmed, or taken over here from a dead one, which
+            # the copy taken over delivers): this copy is dropped.
+            ours = claim.get("owner") == self._name and "takenFrom" not in claim
+            payment.ownership = Ownership.OURS if ours else Ownership.THEIRS
