@@ -9,8 +9,8 @@ import logging
 import signal
 
 from rinha.app import App
-from rinha.cluster import Cluster
-from rinha.config import OneHost, ServiceConfig
+from rinha.cluster import open_cluster
+from rinha.config import ServiceConfig
 from rinha.dispatcher import Dispatcher
 from rinha.http import HttpServer
 from rinha.journal import Journal, NoJournal
@@ -19,21 +19,6 @@ from rinha.processor_client import ProcessorClient
 log = logging.getLogger("rinha")
 # At a stop, how long payments in flight get to finish; the journal keeps the rest.
 DRAIN_SECONDS = 5.0
-
-
-def open_cluster(
-    config: ServiceConfig, journal: Journal | NoJournal, clients: dict[str, ProcessorClient]
-) -> Cluster:
-    """This replica's part of the cluster its topology names."""
-    topology = config.topology
-    if isinstance(topology, OneHost):
-        from rinha.cluster.host import HostCluster
-
-        return HostCluster(topology, journal, clients, config.health_interval)
-    # Imported only with a store: a replica without one loads no pymongo.
-    from rinha.cluster.store import StoreCluster
-
-    return StoreCluster(topology, journal, clients, config.health_interval)
 
 
 async def run_service(config: ServiceConfig) -> None:
@@ -53,7 +38,7 @@ async def run_service(config: ServiceConfig) -> None:
     )
     recovered = journal.recover()
     log.info("journal: %s", config.journal or "none (a crash loses what this replica holds)")
-    cluster = open_cluster(config, journal, clients)
+    cluster = open_cluster(config.topology, journal, clients, config.health_interval)
     for entry in recovered.confirmed_entries:
         cluster.ledger.record(
             entry.correlation_id,

@@ -27,6 +27,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
+from rinha.config import OneHost, Topology
 from rinha.journal import Journal, NoJournal, Recovered
 from rinha.ledger import Ledger, Summary
 from rinha.payments import Payment
@@ -81,6 +82,23 @@ class Cluster(abc.ABC):
     @abc.abstractmethod
     async def close(self) -> None:
         """Leave the cluster; what this replica holds stays in its journal."""
+
+
+def open_cluster(
+    topology: Topology,
+    journal: Journal | NoJournal,
+    clients: dict[str, ProcessorClient],
+    health_interval: float,
+) -> Cluster:
+    """This replica's part of the cluster `topology` names."""
+    if isinstance(topology, OneHost):
+        from rinha.cluster.host import HostCluster
+
+        return HostCluster(topology, journal, clients, health_interval)
+    # Imported only with a store: a replica without one loads no pymongo.
+    from rinha.cluster.store import StoreCluster
+
+    return StoreCluster(topology, journal, clients, health_interval)
 
 
 async def poll_health(
