@@ -125,7 +125,7 @@ def child_name(argv: list[str], processor_ports: tuple[int, int]) -> str | None:
     unix = _argument(argv, "--unix")
     if unix is not None:
         return Path(unix).stem  # replica-1.sock -> replica-1
-    if "rinha.processor" in argv:
+    if "rinha.emulator" in argv:
         port = _argument(argv, "--port")
         return "processor-default" if port == str(processor_ports[0]) else "processor-fallback"
     return None
