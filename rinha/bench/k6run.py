@@ -1,7 +1,7 @@
 """`python -m rinha.bench k6`: one official scenario (SPEC.md §4) against the whole stack, recorded.
 
 Strategy: start `python -m rinha up` on the chosen ports (or reuse a running one), optionally with
-HAProxy and the replicas inside cgroup caps (limits.py), and run bench/scenario.js under k6 with
+HAProxy and the replicas inside cgroup caps (cgroups.py), and run bench/scenario.js under k6 with
 a CSV of every request. Meanwhile a thread samples, once per second, what k6 cannot see: our own
 summary (per-processor and pending counts) and each stack process's RSS and CPU from /proc. Then
 the stack stops, and results/<timestamp>/ gets k6's partial-results.json, k6-summary.json and
@@ -29,7 +29,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, TextIO
 
-from rinha.bench.limits import (
+from rinha.bench.cgroups import (
     CONTEST_LIMITS,
     ContestGroups,
     GroupUsage,
@@ -579,9 +579,9 @@ def caps_read_back(usage: list[GroupUsage]) -> str:
         or group.memory_limit_bytes != CONTEST_LIMITS[group.name].memory_mb * 2**20
     ]
     if wrong:
-        return f"DIFFERENT from limits.py for {', '.join(wrong)}"
+        return f"DIFFERENT from cgroups.py for {', '.join(wrong)}"
     throttled = sum(group.throttled_periods for group in usage)
-    return f"as set in limits.py; CPU throttled in {throttled} periods in all"
+    return f"as set in cgroups.py; CPU throttled in {throttled} periods in all"
 
 
 def describe_usage(group: GroupUsage) -> str:
@@ -683,7 +683,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--limits",
         choices=("none", "contest"),
         default="none",
-        help="contest: HAProxy and the replicas inside cgroup v1 caps (limits.py); "
+        help="contest: HAProxy and the replicas inside cgroup v1 caps (cgroups.py); "
         "default %(default)s",
     )
     parser.add_argument(
