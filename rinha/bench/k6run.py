@@ -309,7 +309,7 @@ def _new_results_dir(root: Path) -> Path:
             path = root / f"{stamp}-{count}"
 
 
-class Stack:
+class UpProcess:
     """A `python -m rinha up` started for this run; its output goes to `log`."""
 
     READY_LINE = "rinha is up on"  # printed once every child answers
@@ -633,7 +633,7 @@ def run_one(options: BenchOptions, backend: str) -> tuple[int, RunSummary]:
             fetch_json(options.port, "/payments-summary")  # fails early if nothing answers
             up_pid = find_up(options.port)
         else:
-            stack = Stack(options, backend, groups, results / "stack.log")
+            stack = UpProcess(options, backend, groups, results / "stack.log")
             cleanup.callback(stack.stop)
             stack.wait_ready()
             up_pid = stack.popen.pid
