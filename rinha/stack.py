@@ -198,7 +198,7 @@ def plan(options: StackOptions) -> list[Child]:
             ("default", "fallback"), options.processor_ports, FEES[options.fees]
         ):
             urls[name] = f"http://127.0.0.1:{port}"
-            command = [python, "-m", "rinha.processor", "--port", str(port), "--fee", fee]
+            command = [python, "-m", "rinha.emulator", "--port", str(port), "--fee", fee]
             children.append(Child(f"processor-{name}", command, port))
     sockets = [str(options.run_dir / f"replica-{i}.sock") for i in range(1, REPLICAS + 1)]
     controls = [str(options.run_dir / f"replica-{i}.control") for i in range(1, REPLICAS + 1)]

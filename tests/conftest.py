@@ -1,6 +1,6 @@
 """Shared fixtures: real processes over real sockets.
 
-Payment processors (`python -m rinha.processor`, SPEC.md §3):
+Payment processors (`python -m rinha.emulator`, SPEC.md §3):
 - `processors`: a default (fee 0.07) and a fallback (fee 0.10) for the whole session;
 - `fresh_processors`: the same two, reset (delay 0, not failing, no payments);
 - `processor_factory(**options)`: an extra processor started with the given command-line
@@ -104,9 +104,9 @@ class Processors:
 
 
 def start_processor(**options: Any) -> EmulatedProcessor:
-    """Start `python -m rinha.processor` on a free port (unless `port=` is given)."""
+    """Start `python -m rinha.emulator` on a free port (unless `port=` is given)."""
     options = {"fee": "0.05", "port": free_port(), **options}
-    args = ["-m", "rinha.processor"]
+    args = ["-m", "rinha.emulator"]
     for name, value in options.items():
         args += [f"--{name.replace('_', '-')}", str(value)]
     process = Process(args, options["port"]).start("/")  # any answer, even 404, means ready

@@ -121,7 +121,10 @@ def cluster(service_factory: Callable[..., Service], tmp_path: Path) -> list[Ser
 
 
 @dataclass
-class Stack:
+class StackUnderTest:
+    """A `python -m rinha up` a test started: its process, the addresses it printed, and the
+    calls tests make through its HAProxy."""
+
     popen: subprocess.Popen[str]
     port: int
     stats_port: int
@@ -182,7 +185,7 @@ def wait_dead(pid: int) -> None:
         time.sleep(0.01)
 
 
-def start_stack(processors: Any) -> Stack:
+def start_stack(processors: Any) -> StackUnderTest:
     port, stats_port = free_port(), free_port()
     env = {
         **os.environ,
@@ -193,7 +196,7 @@ def start_stack(processors: Any) -> Stack:
     command += ["--stats-port", str(stats_port)]
     command += ["--metrics-ports", ",".join(str(free_port()) for _ in range(3))]
     popen = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True)
-    stack = Stack(popen, port, stats_port)
+    stack = StackUnderTest(popen, port, stats_port)
     assert popen.stdout is not None
     for line in popen.stdout:
         words = line.split()
@@ -208,13 +211,13 @@ def start_stack(processors: Any) -> Stack:
     raise RuntimeError(f"rinha up exited with {popen.wait()}")
 
 
-def stop_stack(stack: Stack) -> int:
+def stop_stack(stack: StackUnderTest) -> int:
     stack.popen.send_signal(signal.SIGINT)
     return stack.popen.wait(60)
 
 
 @pytest.fixture
-def stack(fresh_processors: Any) -> Iterator[Stack]:
+def stack(fresh_processors: Any) -> Iterator[StackUnderTest]:
     if shutil.which("haproxy") is None:
         pytest.skip("haproxy is not installed (apt-get install haproxy)")
     running = start_stack(fresh_processors)

@@ -4,7 +4,7 @@ They must keep the contest's deployment rules (SPEC.md §5) and stay in step wit
 start: the replicas' commands are the ones `python -m rinha up` runs (rinha/stack.py, plan();
 with the ledger in MongoDB, but for where each replica listens and keeps its journal), every
 option and environment variable they use is one the code reads, HAProxy reaches each replica
-where it listens, and the default split of CPU and memory is the table in rinha/bench/limits.py.
+where it listens, and the default split of CPU and memory is the table in rinha/bench/cgroups.py.
 
 A *stack* is what one `docker compose up` starts: the services without a profile, or one
 profile's load balancer named on the command line with everything it depends on.
@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from rinha.bench.limits import CONTEST_LIMITS
+from rinha.bench.cgroups import CONTEST_LIMITS
 from rinha.cli import build_parser
 from rinha.config import OneHost, service_config
 from rinha.stack import METRICS_PORTS, Child, StackOptions, plan

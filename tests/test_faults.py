@@ -22,7 +22,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.service_fixtures import Service, Stack
+from tests.service_fixtures import Service, StackUnderTest
 
 LONG = os.environ.get("RINHA_LONG") == "1"
 POST_LUA = Path(__file__).resolve().parent.parent / "bench" / "post.lua"
@@ -143,7 +143,7 @@ def test_both_processors_down_then_back(service: Service, fresh_processors: Any)
 
 
 def test_overload_is_refused_and_what_is_accepted_is_kept(
-    stack: Stack, fresh_processors: Any
+    stack: StackUnderTest, fresh_processors: Any
 ) -> None:
     if shutil.which("wrk") is None:
         pytest.skip("wrk is not installed (apt-get install wrk)")

@@ -23,7 +23,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from tests.service_fixtures import Service, Stack
+from tests.service_fixtures import Service, StackUnderTest
 
 CASES = int(os.environ.get("RINHA_FUZZ_CASES", "1500"))
 FUZZ = settings(
@@ -171,7 +171,7 @@ def assert_untouched(summary: dict[str, Any]) -> None:
 
 @pytest.mark.parametrize("target", ["replica", "haproxy"])
 def test_garbage_gets_4xx_or_a_close(
-    target: str, service: Service, stack: Stack, fresh_processors: Any
+    target: str, service: Service, stack: StackUnderTest, fresh_processors: Any
 ) -> None:
     port = service.port if target == "replica" else stack.port
     assert service.process.popen is not None

@@ -19,7 +19,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.processes import Process, call, free_port
-from tests.service_fixtures import Service, Stack
+from tests.service_fixtures import Service, StackUnderTest
 from tests.test_audit import run_burst
 
 # Metric name -> {labels as sorted (name, value) pairs: value}.
@@ -143,7 +143,7 @@ def test_an_unanswered_attempt_is_seen_settling_then_settled(
     assert value(settled, "rinha_payments_confirmed_total", processor="default") == 1
 
 
-def prometheus_config(stack: Stack) -> str:
+def prometheus_config(stack: StackUnderTest) -> str:
     replicas = ", ".join(f"'127.0.0.1:{port}'" for port in stack.metrics_ports.values())
     return f"""
 global:
@@ -166,7 +166,7 @@ def query(prometheus: Process, promql: str) -> dict[str, float]:
 
 
 def test_prometheus_scrapes_what_the_processors_confirmed(
-    stack: Stack, fresh_processors: Any, tmp_path: Path
+    stack: StackUnderTest, fresh_processors: Any, tmp_path: Path
 ) -> None:
     program = shutil.which("prometheus")
     if program is None:

@@ -14,11 +14,11 @@ from types import SimpleNamespace
 from typing import Any
 
 from tests.processes import call
-from tests.service_fixtures import Stack, start_stack, stop_stack, unix_get, wait_dead
+from tests.service_fixtures import StackUnderTest, start_stack, stop_stack, unix_get, wait_dead
 from tests.test_audit import run_burst
 
 
-def assert_settled_as_the_processors_say(stack: Stack, processors: Any) -> None:
+def assert_settled_as_the_processors_say(stack: StackUnderTest, processors: Any) -> None:
     final = stack.wait_settled()
     for name in ("default", "fallback"):
         theirs = getattr(processors, name).summary()
@@ -26,7 +26,7 @@ def assert_settled_as_the_processors_say(stack: Stack, processors: Any) -> None:
         assert final[name]["totalAmount"] == theirs["totalAmount"]
 
 
-def test_payments_spread_over_every_replica(stack: Stack, fresh_processors: Any) -> None:
+def test_payments_spread_over_every_replica(stack: StackUnderTest, fresh_processors: Any) -> None:
     before = stack.backend_sessions()
     for _ in range(60):
         assert stack.pay() == 202
@@ -39,7 +39,7 @@ def test_payments_spread_over_every_replica(stack: Stack, fresh_processors: Any)
 
 
 def test_a_correlation_id_in_another_case_is_charged_once(
-    stack: Stack, fresh_processors: Any
+    stack: StackUnderTest, fresh_processors: Any
 ) -> None:
     # The service lowercases an id; HAProxy must route every spelling to the same replica,
     # whose known ids then recognise the replay.
@@ -53,7 +53,7 @@ def test_a_correlation_id_in_another_case_is_charged_once(
     assert summary["default"]["totalRequests"] == 30
 
 
-def test_every_replica_answers_the_same_summary(stack: Stack) -> None:
+def test_every_replica_answers_the_same_summary(stack: StackUnderTest) -> None:
     for _ in range(30):
         stack.pay()
     stack.wait_settled()
@@ -66,7 +66,7 @@ def test_every_replica_answers_the_same_summary(stack: Stack) -> None:
 
 
 def test_audit_exact_through_haproxy_under_load_and_failures(
-    stack: Stack, fresh_processors: Any
+    stack: StackUnderTest, fresh_processors: Any
 ) -> None:
     accepted, differences, audits = asyncio.run(run_burst(stack, fresh_processors))  # type: ignore[arg-type]
     assert accepted > 0 and audits >= 5
@@ -75,7 +75,7 @@ def test_audit_exact_through_haproxy_under_load_and_failures(
 
 
 def test_every_summary_stays_exact_while_a_replica_is_killed_mid_burst(
-    stack: Stack, fresh_processors: Any
+    stack: StackUnderTest, fresh_processors: Any
 ) -> None:
     # A failed summary is scored as zeros, like a wrong one: the live replicas answer for the
     # whole cluster while the killed one is down and while `up` starts it again.
@@ -94,7 +94,7 @@ def test_every_summary_stays_exact_while_a_replica_is_killed_mid_burst(
     assert_settled_as_the_processors_say(stack, fresh_processors)
 
 
-def test_purge_on_any_replica_purges_all(stack: Stack) -> None:
+def test_purge_on_any_replica_purges_all(stack: StackUnderTest) -> None:
     for _ in range(30):
         stack.pay()
     stack.wait_settled()
@@ -105,7 +105,7 @@ def test_purge_on_any_replica_purges_all(stack: Stack) -> None:
 
 
 def test_a_killed_replica_is_replaced_and_nothing_is_lost(
-    stack: Stack, fresh_processors: Any
+    stack: StackUnderTest, fresh_processors: Any
 ) -> None:
     fresh_processors.default.set_delay(200)
     answers = [stack.pay_id() for _ in range(30)]

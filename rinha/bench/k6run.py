@@ -1,7 +1,7 @@
 """`python -m rinha.bench k6`: one official scenario (SPEC.md §4) against the whole stack, recorded.
 
 Strategy: start `python -m rinha up` on the chosen ports (or reuse a running one), optionally with
-HAProxy and the replicas inside cgroup caps (limits.py), and run bench/scenario.js under k6 with
+HAProxy and the replicas inside cgroup caps (cgroups.py), and run bench/scenario.js under k6 with
 a CSV of every request. Meanwhile a thread samples, once per second, what k6 cannot see: our own
 summary (per-processor and pending counts) and each stack process's RSS and CPU from /proc. Then
 the stack stops, and results/<timestamp>/ gets k6's partial-results.json, k6-summary.json and
@@ -29,7 +29,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, TextIO
 
-from rinha.bench.limits import (
+from rinha.bench.cgroups import (
     CONTEST_LIMITS,
     ContestGroups,
     GroupUsage,
@@ -125,7 +125,7 @@ def child_name(argv: list[str], processor_ports: tuple[int, int]) -> str | None:
     unix = _argument(argv, "--unix")
     if unix is not None:
         return Path(unix).stem  # replica-1.sock -> replica-1
-    if "rinha.processor" in argv:
+    if "rinha.emulator" in argv:
         port = _argument(argv, "--port")
         return "processor-default" if port == str(processor_ports[0]) else "processor-fallback"
     return None
@@ -309,7 +309,7 @@ def _new_results_dir(root: Path) -> Path:
             path = root / f"{stamp}-{count}"
 
 
-class Stack:
+class UpProcess:
     """A `python -m rinha up` started for this run; its output goes to `log`."""
 
     READY_LINE = "rinha is up on"  # printed once every child answers
@@ -579,9 +579,9 @@ def caps_read_back(usage: list[GroupUsage]) -> str:
         or group.memory_limit_bytes != CONTEST_LIMITS[group.name].memory_mb * 2**20
     ]
     if wrong:
-        return f"DIFFERENT from limits.py for {', '.join(wrong)}"
+        return f"DIFFERENT from cgroups.py for {', '.join(wrong)}"
     throttled = sum(group.throttled_periods for group in usage)
-    return f"as set in limits.py; CPU throttled in {throttled} periods in all"
+    return f"as set in cgroups.py; CPU throttled in {throttled} periods in all"
 
 
 def describe_usage(group: GroupUsage) -> str:
@@ -633,7 +633,7 @@ def run_one(options: BenchOptions, backend: str) -> tuple[int, RunSummary]:
             fetch_json(options.port, "/payments-summary")  # fails early if nothing answers
             up_pid = find_up(options.port)
         else:
-            stack = Stack(options, backend, groups, results / "stack.log")
+            stack = UpProcess(options, backend, groups, results / "stack.log")
             cleanup.callback(stack.stop)
             stack.wait_ready()
             up_pid = stack.popen.pid
@@ -683,7 +683,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--limits",
         choices=("none", "contest"),
         default="none",
-        help="contest: HAProxy and the replicas inside cgroup v1 caps (limits.py); "
+        help="contest: HAProxy and the replicas inside cgroup v1 caps (cgroups.py); "
         "default %(default)s",
     )
     parser.add_argument(

@@ -27,7 +27,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # after use(): the backend is chosen first
 from matplotlib.axes import Axes
 
-from rinha.bench.limits import Limit
+from rinha.bench.cgroups import Limit
 
 SLOW_MS = 100  # a delay from here on is drawn as "slow"
 COLOURS = {"ok": "#8cd17d", "slow": "#f2b447", "failing": "#e45756"}

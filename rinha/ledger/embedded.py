@@ -3,10 +3,10 @@
 Payments are stamped when sent and recorded when confirmed, so most records arrive in
 requestedAt order and are appended. Not all: when a processor's announced delay drops, every
 payment stamped with the lower delay lands before the last few seconds' worth stamped with the
-higher one (the final scenario's default recovers from 5000 ms to 0: some 4,500 of them), and
-shifting the prefix sums after each such record cost ~200 µs of CPU apiece. Those records wait
-aside and are put in their places together, at the next summary or once there are many, so the
-sums after them are rebuilt once. A summary is two bisections per processor, O(log n).
+higher one, and shifting the prefix sums after each such record would rebuild them each time
+(docs/measurements.md). Those records wait aside and are put in their places together, at the
+next summary or once there are many, so the sums after them are rebuilt once. A summary is two
+bisections per processor, O(log n).
 """
 
 from __future__ import annotations

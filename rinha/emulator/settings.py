@@ -7,7 +7,7 @@ from decimal import Decimal
 
 
 @dataclass(frozen=True, slots=True)
-class ProcessorOptions:
+class EmulatorSettings:
     fee: Decimal  # fraction of the amount charged per payment, e.g. 0.07
     host: str = "127.0.0.1"
     port: int | None = None  # TCP listener, if set

@@ -30,9 +30,9 @@ import orjson
 
 from rinha.clock import parse_us
 from rinha.http import Answer, Request, response
-from rinha.processor.config import ProcessorOptions
-from rinha.processor.limits import HealthWindow, PaymentSlots
-from rinha.processor.store import PaymentStore, ProcessedPayment
+from rinha.emulator.settings import EmulatorSettings
+from rinha.emulator.admission import HealthWindow, PaymentSlots
+from rinha.emulator.table import PaymentTable, ProcessedPayment
 
 PAYMENT_PROCESSED = response(200, b'{"message":"payment processed successfully"}')
 PAYMENT_FAILED = response(500)  # the official failure answer has no body
@@ -66,14 +66,14 @@ class RequestError(Exception):
 
 
 class Processor:
-    def __init__(self, options: ProcessorOptions) -> None:
+    def __init__(self, options: EmulatorSettings) -> None:
         self.fee = options.fee
         self.token = options.token.encode()
         self.delay_ms = 0
         self.failing = False
         # Payments this processor rejects, whatever its health: poison payments, for tests.
         self.rejected_ids: frozenset[str] = frozenset()
-        self.payments = PaymentStore()
+        self.payments = PaymentTable()
         self.slots = PaymentSlots(options.max_in_flight, options.max_queued)
         self.health = HealthWindow(options.rate_limit_seconds)
         # Health calls answered and refused, for tests of the callers' discipline.

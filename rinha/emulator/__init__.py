@@ -1,9 +1,9 @@
-"""An emulator of the contest's payment processor (SPEC.md §3): `python -m rinha.processor`.
+"""An emulator of the contest's payment processor (SPEC.md §3): `python -m rinha.emulator`.
 
 One process per processor, in memory, on the project's own HTTP core (`rinha.http`). `app`
-holds the routes and the switches the test flips (delay, failure, token), `store` the
-payments, `limits` the concurrency limit of `POST /payments` and the shared fixed window of
-`GET /payments/service-health`, `config` the settings read once from the command line.
+holds the routes and the switches the test flips (delay, failure, token), `table` the
+payments, `admission` the concurrency limit of `POST /payments` and the shared fixed window of
+`GET /payments/service-health`, `settings` what is read once from the command line.
 
 Known differences from the official processor (zanfranceschi/rinha-de-backend-2025-payment-
 processor, ASP.NET over PostgreSQL):

@@ -1,4 +1,4 @@
-"""`python -m rinha.processor`: its options, its listeners, its stop."""
+"""`python -m rinha.emulator`: its options, its listeners, its stop."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ OPTIONS = [
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-m", "rinha.processor", *args]
+    command = [sys.executable, "-m", "rinha.emulator", *args]
     return subprocess.run(command, check=False, capture_output=True, text=True, timeout=30)
 
 

@@ -1,4 +1,4 @@
-"""`python -m rinha.processor --port 8001 --fee 0.07`: run one emulated payment processor."""
+"""`python -m rinha.emulator --port 8001 --fee 0.07`: run one emulated payment processor."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import uvloop
 
 from rinha.config import number
 from rinha.http import HttpServer
-from rinha.processor.app import Processor
-from rinha.processor.config import ProcessorOptions
+from rinha.emulator.app import Processor
+from rinha.emulator.settings import EmulatorSettings
 
 
 def _fee(text: str) -> Decimal:
@@ -28,9 +28,9 @@ def _fee(text: str) -> Decimal:
     return fee
 
 
-def parse_options(argv: list[str]) -> ProcessorOptions:
+def parse_options(argv: list[str]) -> EmulatorSettings:
     parser = argparse.ArgumentParser(
-        prog="python -m rinha.processor",
+        prog="python -m rinha.emulator",
         description="Emulate one payment processor of the Rinha de Backend 2025 (SPEC.md §3).",
     )
     parser.add_argument(
@@ -73,7 +73,7 @@ def parse_options(argv: list[str]) -> ProcessorOptions:
     args = parser.parse_args(argv)
     if args.port is None and args.unix is None:
         parser.error("give --port, --unix or both")
-    return ProcessorOptions(
+    return EmulatorSettings(
         fee=args.fee,
         host=args.host,
         port=args.port,
@@ -85,7 +85,7 @@ def parse_options(argv: list[str]) -> ProcessorOptions:
     )
 
 
-async def serve(options: ProcessorOptions) -> None:
+async def serve(options: EmulatorSettings) -> None:
     """Serve until SIGTERM or SIGINT, then stop listening and let answers drain."""
     server = HttpServer(Processor(options).handle)
     if options.port is not None:
@@ -108,7 +108,7 @@ def main() -> None:
     try:
         uvloop.run(serve(options))
     except OSError as exc:  # the port or socket path cannot be listened on
-        sys.exit(f"python -m rinha.processor: error: {exc}")
+        sys.exit(f"python -m rinha.emulator: error: {exc}")
 
 
 if __name__ == "__main__":

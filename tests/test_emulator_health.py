@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 
 from tests.processes import call
-from tests.test_processor_payments import pipelined
+from tests.test_emulator_payments import pipelined
 
 WINDOW = 0.3
 # Timers may fire a hair before the loop's own clock says the window opened.

@@ -20,7 +20,7 @@ class ProcessedPayment:
     requested_us: int
 
 
-class PaymentStore:
+class PaymentTable:
     def __init__(self) -> None:
         self._by_id: dict[str, ProcessedPayment] = {}
         self._times: list[int] = []  # requested_us, ascending
