@@ -13,9 +13,9 @@ from decimal import Decimal, InvalidOperation
 import uvloop
 
 from rinha.config import number
-from rinha.http import HttpServer
 from rinha.emulator.app import Processor
 from rinha.emulator.settings import EmulatorSettings
+from rinha.http import HttpServer
 
 
 def _fee(text: str) -> Decimal:

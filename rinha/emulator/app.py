@@ -29,10 +29,10 @@ from urllib.parse import parse_qs
 import orjson
 
 from rinha.clock import parse_us
-from rinha.http import Answer, Request, response
-from rinha.emulator.settings import EmulatorSettings
 from rinha.emulator.admission import HealthWindow, PaymentSlots
+from rinha.emulator.settings import EmulatorSettings
 from rinha.emulator.table import PaymentTable, ProcessedPayment
+from rinha.http import Answer, Request, response
 
 PAYMENT_PROCESSED = response(200, b'{"message":"payment processed successfully"}')
 PAYMENT_FAILED = response(500)  # the official failure answer has no body

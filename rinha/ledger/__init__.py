@@ -46,10 +46,6 @@ class Ledger(Protocol):
 
     async def summary(self, from_ms: int | None, to_ms: int | None) -> Summary: ...
 
-    def forget(self) -> None:
-        """Drop, at once, every record this process holds; a shared store keeps what it has
-        stored already."""
-
     async def purge(self) -> None:
         """Forget every record, stored ones included."""
 

@@ -2,7 +2,7 @@
 
 `claims` holds one document per correlationId: `{_id, owner, cents, acceptedMs}`. A replica
 answers 202 after its journal line, as always, and its claims are inserted off the POST path,
-every CLAIM_INTERVAL, in one `insert_many(ordered=False)`. A payment is sent only after its
+batched every 20 ms (rinha/cluster/store/batches.py) into one `insert_many(ordered=False)`. A payment is sent only after its
 claim is stored (it is CLAIMING until then); when another replica's claim on the same id is
 there first, this replica's copy is THEIRS and dropped. A confirmation clears the claim's
 owner (rinha/cluster/store/ledger.py), so the owned claims are exactly the pending payments.
@@ -10,13 +10,13 @@ owner (rinha/cluster/store/ledger.py), so the owned claims are exactly the pendi
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import BulkWriteError, PyMongoError
 
+from rinha.cluster.store.batches import BatchWriter
 from rinha.cluster.store.ledger import CLAIMS, DUPLICATE_KEY, MongoLedger
 from rinha.ledger import LedgerUnavailable, Totals
 from rinha.payments import Ownership, Payment
@@ -25,11 +25,6 @@ if TYPE_CHECKING:
     from rinha.dispatcher import Dispatcher
 
 log = logging.getLogger("rinha")
-
-CLAIM_INTERVAL = 0.02
-CLAIM_BATCH = 1000
-# After a failed claim write.
-RETRY_DELAY = 0.5
 
 Document = dict[str, Any]
 
@@ -46,26 +41,21 @@ class Claims:
         self.collection: AsyncCollection[Document] = ledger.database[CLAIMS]
         self._name = name
         self._dispatcher = dispatcher
-        self._unclaimed: list[Payment] = []
-        self._claiming: list[Payment] = []  # the batch being written
-        self._has_unclaimed = asyncio.Event()
+        self._writer: BatchWriter[Payment] = BatchWriter("claims", self._write)
 
     def claim(self, payment: Payment) -> None:
         """Claim an accepted payment in the store; it waits in the dispatcher meanwhile."""
         payment.ownership = Ownership.CLAIMING
-        self._unclaimed.append(payment)
-        self._has_unclaimed.set()
+        self._writer.add(payment)
 
     def forget(self, up_to_ms: int) -> None:
         """A purge: claims of payments accepted up to then are not written."""
-        self._unclaimed = [p for p in self._unclaimed if p.accepted_ms > up_to_ms]
+        self._writer.forget(lambda payment: payment.accepted_ms > up_to_ms)
 
     async def pending(self, purged_at_ms: int) -> Totals:
         """The owned claims, plus this replica's own payments whose claims are not stored yet
         (another replica's are missing for those few milliseconds)."""
-        claiming = [
-            p for p in self._unclaimed + self._claiming if p.ownership is Ownership.CLAIMING
-        ]
+        claiming = [p for p in self._writer.unwritten if p.ownership is Ownership.CLAIMING]
         pending = Totals(len(claiming), sum(payment.cents for payment in claiming))
         try:
             cursor = await self.collection.aggregate(
@@ -81,32 +71,12 @@ class Claims:
         return pending
 
     async def write_forever(self) -> None:
-        while True:
-            await self._has_unclaimed.wait()
-            await asyncio.sleep(CLAIM_INTERVAL)
-            try:
-                await self._write_once()
-            except Exception:
-                log.exception("claims not stored yet")
-                await asyncio.sleep(RETRY_DELAY)
+        await self._writer.write_forever()
 
-    async def _write_once(self) -> None:
-        batch = self._claiming = self._unclaimed[:CLAIM_BATCH]
-        del self._unclaimed[:CLAIM_BATCH]
-        if not self._unclaimed:
-            self._has_unclaimed.clear()
-        if not batch:
-            return  # a purge forgot them
-        try:
-            await self._write(batch)
-        except BaseException:
-            self._unclaimed[:0] = [p for p in batch if p.ownership is Ownership.CLAIMING]
-            self._has_unclaimed.set()
-            raise
-        finally:
-            self._claiming = []
-
-    async def _write(self, batch: list[Payment]) -> None:
+    async def _write(self, batch: list[Payment]) -> list[Payment]:
+        """Store the batch's claims; the payments to claim again (an id claimed before a
+        purge that this replica had not seen yet)."""
+        batch = [payment for payment in batch if payment.ownership is Ownership.CLAIMING]
         docs = [
             {
                 "_id": payment.correlation_id,
@@ -118,7 +88,8 @@ class Claims:
         ]
         taken: set[int] = set()
         try:
-            await self.collection.insert_many(docs, ordered=False)
+            if docs:
+                await self.collection.insert_many(docs, ordered=False)
         except BulkWriteError as error:
             errors = error.details.get("writeErrors", ())
             if error.details.get("writeConcernErrors") or any(
@@ -129,13 +100,12 @@ class Claims:
         for index, payment in enumerate(batch):
             if index not in taken:
                 payment.ownership = Ownership.OURS
+        again = []
         if taken:
             await self._settle_duplicates([batch[index] for index in taken])
             again = [batch[i] for i in taken if batch[i].ownership is Ownership.CLAIMING]
-            if again:
-                self._unclaimed[:0] = again
-                self._has_unclaimed.set()
         self._dispatcher.wake()
+        return again
 
     async def _settle_duplicates(self, payments: list[Payment]) -> None:
         """Claims refused because the id is claimed already: whose is it?"""

@@ -1,11 +1,9 @@
 """The MongoDB ledger: one collection that every replica writes and any replica reads, in the
-database that also holds the replicas' claims and leases (rinha/store.py).
+database that also holds the replicas' claims and leases (rinha/cluster/store/).
 
-Strategy. `record` only appends a document to a list and returns. One background task, the
-writer, wakes when that list is not empty, waits `FLUSH_INTERVAL` to gather a batch, and
-writes it with one `insert_many(ordered=False)` (`BATCH_LIMIT` documents at most). What does
-not land is put back in front of the list and written again, with newer documents, after a
-growing pause: records made while the store is down land when it returns. The official
+Strategy. `record` only hands a document to a batch writer (rinha/cluster/store/batches.py),
+which stores it with the others of its 20 ms in one `insert_many(ordered=False)`, and again
+after a failure: records made while the store is down land when it returns. The official
 audit reads windows that end 1.5–2 s before now (SPEC.md §4), so a payment must be visible
 well within that; a flush every 20 ms adds that much to the time between a processor's 200
 and the payment counting.
@@ -18,8 +16,9 @@ A document also keeps when its payment was accepted (`acceptedMs`, the accepting
 clock). A purge stores its moment in the `cluster` collection and deletes what was accepted up
 to then; a summary counts only payments accepted after the last purge, so that a replica still
 delivering what it accepted before the purge, because it has not seen the purge yet, adds
-nothing. A confirmation ends the payment's claim: the same write clears the claim's owner, so
-no replica takes over a payment that is confirmed.
+nothing. A stored confirmation ends the payment's claim (one more batch writer clears the
+claim's owner), so no replica takes over a payment that is confirmed. A purge keeps what was
+accepted after its moment, written or not.
 
 requestedAt is kept twice: as a BSON date for people reading the collection, and as integer
 epoch milliseconds, which the summary ranges on (exact on every server version). A summary is
@@ -34,7 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from bson.datetime_ms import DatetimeMS
@@ -42,18 +41,11 @@ from pymongo import ASCENDING, AsyncMongoClient
 from pymongo.errors import BulkWriteError, PyMongoError
 
 from rinha.clock import now_ms
+from rinha.cluster.store.batches import FIRST_RETRY_DELAY, MAX_RETRY_DELAY, BatchWriter
 from rinha.ledger import LedgerUnavailable, Summary, Totals, empty_summary
 
 log = logging.getLogger("rinha")
 
-FLUSH_INTERVAL = 0.02
-# At most this many documents per insert_many, so that the backlog of an outage is written
-# in pieces that each finish within OPERATION_TIMEOUT_MS, rather than one write that times
-# out, is sent again whole, and times out again. In the contest a flush holds a handful.
-BATCH_LIMIT = 1000
-# After a failed write or index build; doubled up to the last value.
-FIRST_RETRY_DELAY = 0.05
-MAX_RETRY_DELAY = 1.0
 # Every operation, the driver's own retry included, gives up after OPERATION_TIMEOUT_MS
 # (client-side operation timeout), so a dead store is reported within about a second. A live
 # store answers a summary in milliseconds; a write that times out is simply written again.
@@ -71,7 +63,7 @@ INDEX = [
     ("cents", ASCENDING),
     ("acceptedMs", ASCENDING),
 ]
-# Owned claims are pending payments: few, found by owner (rinha/store.py).
+# Owned claims are pending payments: few, found by owner (rinha/cluster/store/).
 CLAIMS_INDEX = [("owner", ASCENDING)]
 DUPLICATE_KEY = 11000
 # Stands for an open side of the window; BSON integers are signed 64-bit.
@@ -92,13 +84,13 @@ class MongoLedger:
         self._payments = self.database[COLLECTION]
         self._claims = self.database[CLAIMS]
         self._cluster = self.database[CLUSTER]
-        self._unwritten: list[Document] = []
-        self._unended: list[str] = []  # ids of stored payments whose claims still have owners
-        self._has_unwritten = asyncio.Event()
-        # Counts forgets: a batch taken before one is not put back when its write fails.
-        self._forgets = 0
-        # Held by one write attempt or one purge: a purge never races a batch in flight.
-        self._writing = asyncio.Lock()
+        self._confirmations: BatchWriter[Document] = BatchWriter(
+            "confirmed payments", self._insert
+        )
+        # Stored payments whose claims still have owners: (id, acceptedMs).
+        self._claim_ends: BatchWriter[tuple[str, int]] = BatchWriter(
+            "ends of claims", self._end_claims
+        )
         self._writer = asyncio.get_running_loop().create_task(self._write_forever())
 
     def record(
@@ -109,7 +101,7 @@ class MongoLedger:
         cents: int,
         accepted_ms: int,
     ) -> None:
-        self._unwritten.append(
+        self._confirmations.add(
             {
                 "_id": correlation_id,
                 "processor": processor,
@@ -119,7 +111,6 @@ class MongoLedger:
                 "acceptedMs": accepted_ms,
             }
         )
-        self._has_unwritten.set()
 
     async def summary(self, from_ms: int | None, to_ms: int | None) -> Summary:
         try:
@@ -132,8 +123,6 @@ class MongoLedger:
         self, from_ms: int | None, to_ms: int | None, purged_at_ms: int
     ) -> Summary:
         """The payments accepted after `purged_at_ms` and confirmed in the window."""
-        if self._writer.done():
-            self._writer.result()  # the writer only ends by a bug: raise it here
         window = {
             "$gte": LOWEST_MS if from_ms is None else from_ms,
             "$lte": HIGHEST_MS if to_ms is None else to_ms,
@@ -158,22 +147,17 @@ class MongoLedger:
         # Before any purge: every payment counts, one from a journal without accepted_ms too.
         return -1 if purge is None else int(purge["atMs"])
 
-    def forget(self) -> None:
-        self._unwritten.clear()
-        self._unended.clear()
-        self._has_unwritten.clear()
-        self._forgets += 1
-
     async def purge(self) -> None:
         """Forget every payment accepted up to now, on every replica: stored, not yet written,
         and claimed. A batch being written finishes first and is deleted with the rest."""
         at_ms = now_ms()
-        async with self._writing:
+        async with self._confirmations.paused(), self._claim_ends.paused():
             try:
                 await self._cluster.update_one(
                     {"_id": PURGE_ID}, {"$max": {"atMs": at_ms}}, upsert=True
                 )
-                self.forget()
+                self._confirmations.forget(lambda doc: doc["acceptedMs"] > at_ms)
+                self._claim_ends.forget(lambda end: end[1] > at_ms)
                 forgotten = {"acceptedMs": {"$lte": at_ms}}
                 await self._payments.delete_many(forgotten)
                 await self._claims.delete_many(forgotten)
@@ -181,28 +165,21 @@ class MongoLedger:
                 raise LedgerUnavailable(f"purge failed: {error}") from error
 
     async def close(self) -> None:
-        """Stop the writer, write what is unwritten unless a write fails, and disconnect."""
+        """Stop the writers, write what is unwritten unless a write fails, and disconnect."""
         self._writer.cancel()
-        try:
-            await self._writer
-        except asyncio.CancelledError:
-            pass
-        while (self._unwritten or self._unended) and await self._write_once():
-            pass
-        if self._unwritten:
-            log.warning("closing with %d payments not written to the ledger", len(self._unwritten))
+        await asyncio.gather(self._writer, return_exceptions=True)
+        await self._confirmations.flush()
+        await self._claim_ends.flush()
         await self._client.close()
 
-    # the writer
-
     async def _write_forever(self) -> None:
-        await _until_done(self._create_index)
-        while True:
-            await self._has_unwritten.wait()
-            await asyncio.sleep(FLUSH_INTERVAL)
-            await _until_done(self._write_once)
+        delay = FIRST_RETRY_DELAY
+        while not await self._create_indexes():
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, MAX_RETRY_DELAY)
+        await asyncio.gather(self._confirmations.write_forever(), self._claim_ends.write_forever())
 
-    async def _create_index(self) -> bool:
+    async def _create_indexes(self) -> bool:
         try:
             await self._payments.create_index(INDEX)
             await self._claims.create_index(CLAIMS_INDEX)
@@ -211,49 +188,24 @@ class MongoLedger:
             return False
         return True
 
-    async def _write_once(self) -> bool:
-        """Write the oldest unwritten documents, then end their claims; True when all of
-        those are stored now and every claim of a stored payment is ended."""
-        async with self._writing:
-            forgets = self._forgets
-            batch = self._unwritten[:BATCH_LIMIT]
-            del self._unwritten[:BATCH_LIMIT]
-            failed: list[Document] = []
-            try:
-                if batch:
-                    await self._payments.insert_many(batch, ordered=False)
-            except BulkWriteError as error:
-                failed = _not_stored(batch, error.details)
-            except PyMongoError as error:
-                failed = batch
-                log.warning("ledger write of %d payments failed: %s", len(batch), error)
-            except asyncio.CancelledError:
-                if forgets == self._forgets:
-                    self._unwritten[:0] = batch
-                raise
-            if failed and forgets == self._forgets:
-                self._unwritten[:0] = failed
-            self._unended += [doc["_id"] for doc in batch if doc not in failed]
-            ended = await self._end_claims()
-            if self._unwritten or self._unended:
-                self._has_unwritten.set()
-            else:
-                self._has_unwritten.clear()
-            return ended and not failed
-
-    async def _end_claims(self) -> bool:
-        """A stored payment's claim is over (rinha/store.py): its owner goes, or a replica
-        would take it over and count it pending. True when none is left to end."""
-        ids = self._unended[:BATCH_LIMIT]
-        if not ids:
-            return True
+    async def _insert(self, batch: list[Document]) -> list[Document]:
+        """Store confirmed payments; their claims end next. The ones not stored."""
         try:
-            await self._claims.update_many({"_id": {"$in": ids}}, {"$unset": {"owner": ""}})
-        except PyMongoError as error:
-            log.warning("claims of %d confirmed payments not ended yet: %s", len(ids), error)
-            return False
-        del self._unended[: len(ids)]
-        return not self._unended
+            await self._payments.insert_many(batch, ordered=False)
+            failed = []
+        except BulkWriteError as error:
+            failed = _not_stored(batch, error.details)
+        for doc in batch:
+            if doc not in failed:
+                self._claim_ends.add((doc["_id"], doc["acceptedMs"]))
+        return failed
+
+    async def _end_claims(self, ends: list[tuple[str, int]]) -> list[tuple[str, int]]:
+        """A stored payment's claim is over (rinha/cluster/store/claims.py): its owner goes,
+        or a replica would take it over and count it pending."""
+        ids = [correlation_id for correlation_id, _ in ends]
+        await self._claims.update_many({"_id": {"$in": ids}}, {"$unset": {"owner": ""}})
+        return []
 
 
 def _not_stored(batch: list[Document], details: Mapping[str, Any]) -> list[Document]:
@@ -269,10 +221,3 @@ def _not_stored(batch: list[Document], details: Mapping[str, Any]) -> list[Docum
     for error in failed:
         log.warning("ledger write refused: %s", error.get("errmsg"))
     return [batch[error["index"]] for error in failed]
-
-
-async def _until_done(attempt: Callable[[], Awaitable[bool]]) -> None:
-    delay = FIRST_RETRY_DELAY
-    while not await attempt():
-        await asyncio.sleep(delay)
-        delay = min(delay * 2, MAX_RETRY_DELAY)
