@@ -78,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         args.cgroups,
         tuple(serve_options),
         args.metrics_ports,
+        shared_store=bool(os.environ.get("RINHA_LEDGER")),
     )
     try:
         return run_stack(options, plan(options))

@@ -185,6 +185,7 @@ class StackOptions:
     cgroups: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # child name -> dirs
     serve_options: tuple[str, ...] = ()  # added to every replica's `serve` command
     metrics_ports: tuple[int, ...] = ()  # one per replica; none: no metrics
+    shared_store: bool = False  # RINHA_LEDGER is set: the replicas meet in the store
 
 
 def plan(options: StackOptions) -> list[Child]:
@@ -203,13 +204,12 @@ def plan(options: StackOptions) -> list[Child]:
     sockets = [str(options.run_dir / f"replica-{i}.sock") for i in range(1, REPLICAS + 1)]
     controls = [str(options.run_dir / f"replica-{i}.control") for i in range(1, REPLICAS + 1)]
     env = {"PROCESSOR_DEFAULT_URL": urls["default"], "PROCESSOR_FALLBACK_URL": urls["fallback"]}
-    shared_store = bool(os.environ.get("RINHA_LEDGER"))
     journals = [str(options.run_dir / f"replica-{i}.journal") for i in range(1, REPLICAS + 1)]
     for index, (unix, control, journal) in enumerate(zip(sockets, controls, journals)):
         command = [python, "-m", "rinha", "serve", "--port", "0", "--unix", unix]
         command += ["--journal", journal]
         # With the ledger in a store, the replicas meet there (rinha/store.py).
-        if not shared_store:
+        if not options.shared_store:
             command += ["--control", control]
             for peer_control, peer_journal in zip(controls, journals):
                 if peer_control != control:

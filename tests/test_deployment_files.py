@@ -194,7 +194,14 @@ def native_replicas(monkeypatch: pytest.MonkeyPatch, ledger: str | None) -> list
         "fallback": PROCESSOR_URLS["PROCESSOR_FALLBACK_URL"],
     }
     options = StackOptions(
-        9999, 9998, "final", (8001, 8002), urls, Path("/sockets"), metrics_ports=METRICS_PORTS
+        9999,
+        9998,
+        "final",
+        (8001, 8002),
+        urls,
+        Path("/sockets"),
+        metrics_ports=METRICS_PORTS,
+        shared_store=ledger is not None,
     )
     children = [child for child in plan(options) if child.name.startswith("replica-")]
     assert [child.name for child in children] == ["replica-1", "replica-2", "replica-3"]
