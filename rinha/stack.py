@@ -7,7 +7,7 @@ dies is started again and resumes from its journal. Unless processor URLs are gi
 processor emulators run beside them with the fees of the chosen scenario. Children start in
 dependency order, each waited for until it answers, and stop in reverse order. With
 `RINHA_LEDGER` naming a MongoDB store (one already running), the replicas meet in the store
-instead (rinha/store.py): no peers, no control sockets, and the store elects the poller.
+instead (rinha/cluster/store/): no peers, no control sockets, and the store elects the poller.
 """
 
 from __future__ import annotations
@@ -208,7 +208,7 @@ def plan(options: StackOptions) -> list[Child]:
     for index, (unix, control, journal) in enumerate(zip(sockets, controls, journals)):
         command = [python, "-m", "rinha", "serve", "--port", "0", "--unix", unix]
         command += ["--journal", journal]
-        # With the ledger in a store, the replicas meet there (rinha/store.py).
+        # With the ledger in a store, the replicas meet there (rinha/cluster/store/).
         if not options.shared_store:
             command += ["--control", control]
             for peer_control, peer_journal in zip(controls, journals):
