@@ -86,7 +86,12 @@ def test_processor_killed_mid_request_and_restarted(
     fallback = processor_factory(fee="0.10", rate_limit_seconds=0.2)
     default.set_delay(500)
     service = service_factory(
-        "--settle-after", "1", default_url=default.url, fallback_url=fallback.url
+        "--processor-timeout",
+        "0.9",
+        "--settle-after",
+        "1",
+        default_url=default.url,
+        fallback_url=fallback.url,
     )
     accepted = asyncio.run(pay_concurrently(service.port, 100))
     # Everything is held inside the default when it dies: none of it was stored.
