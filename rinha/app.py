@@ -22,12 +22,17 @@ BUFFER_FULL = response(429, b'{"error":"too many pending payments, retry later"}
 NOT_FOUND = response(404, b'{"error":"no such route"}')
 METHOD_NOT_ALLOWED = response(405, b'{"error":"method not allowed"}')
 JOURNAL_UNAVAILABLE = response(503, b'{"error":"cannot keep the payment now, retry later"}')
+# The correlationId HAProxy hashed to choose this replica (haproxy/haproxy.cfg).
+HASHED_ID_HEADER = b"x-hashed-correlation-id"
 # Why a POST /payments was refused, as the metrics label it.
 REFUSAL_REASONS = ("bad_input", "buffer_full", "journal_unavailable")
 
 
 def bad_input(status: int, reason: str) -> bytes:
     return response(status, b'{"error":"%s"}' % reason.encode())
+
+
+AMBIGUOUS_ID = bad_input(422, "correlationId must appear once, as a plain key")
 
 
 def window_bounds(query: bytes) -> tuple[int | None, int | None]:
@@ -64,19 +69,24 @@ class App:
     def handle(self, request: Request) -> Answer:
         path, method = request.path, request.method
         if path == b"/payments":
-            return self._accept(request.body) if method == b"POST" else METHOD_NOT_ALLOWED
+            return self._accept(request) if method == b"POST" else METHOD_NOT_ALLOWED
         if path == b"/payments-summary":
             return self._summary(request.query) if method == b"GET" else METHOD_NOT_ALLOWED
         if path == b"/purge-payments":
             return self._purge() if method == b"POST" else METHOD_NOT_ALLOWED
         return NOT_FOUND
 
-    def _accept(self, body: bytes) -> bytes:
+    def _accept(self, request: Request) -> bytes:
         try:
-            payment = parse_payment(body)
+            payment = parse_payment(request.body)
         except BadInput as error:
             self.refused_counts["bad_input"] += 1
             return bad_input(error.status, error.reason)
+        hashed = request.headers.get(HASHED_ID_HEADER)
+        if hashed is not None and hashed != payment.correlation_id.encode():
+            # The load balancer chose this replica by another reading of the body.
+            self.refused_counts["bad_input"] += 1
+            return AMBIGUOUS_ID
         if self._cluster.knows(payment.correlation_id):
             return ACCEPTED
         if self._dispatcher.full:

@@ -1,0 +1,57 @@
+"""Charged once across replicas (issue 22, H1): HAProxy sends each payment to the replica that
+owns its correlationId by hashing the id it reads in the body, and the replica parses the body
+again. Where the two readings could differ, a second replica would accept an id that another
+already holds, and its attempt's 422 would be recorded as its own: counted twice. A body whose
+id HAProxy does not read as the replica does is refused.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from tests.processes import call
+from tests.service_fixtures import StackUnderTest
+
+
+def post(stack: StackUnderTest, body: bytes) -> int:
+    headers = {"Content-Type": "application/json"}
+    return call(stack.port, "POST", "/payments", body, headers=headers).status
+
+
+def assert_counted_as_the_processors_count(stack: StackUnderTest, processors: Any) -> None:
+    ours = stack.wait_settled()
+    for name in ("default", "fallback"):
+        theirs = getattr(processors, name).summary()
+        assert ours[name]["totalRequests"] == theirs["totalRequests"], (name, ours, theirs)
+
+
+def test_a_body_naming_its_id_twice_is_refused(
+    stack: StackUnderTest, fresh_processors: Any
+) -> None:
+    held = str(uuid.uuid4())
+    assert post(stack, b'{"correlationId":"%s","amount":19.90}' % held.encode()) == 202
+    # HAProxy hashes the first id, the replica would read the last: each decoy sends the
+    # held id to whichever replica owns the decoy, most of them another than its owner.
+    for _ in range(8):
+        decoy = str(uuid.uuid4()).encode()
+        body = b'{"correlationId":"%s","amount":19.90,"correlationId":"%s"}' % (
+            decoy,
+            held.encode(),
+        )
+        assert post(stack, body) == 422
+    assert_counted_as_the_processors_count(stack, fresh_processors)
+    assert fresh_processors.default.summary()["totalRequests"] == 1
+
+
+def test_a_body_whose_id_key_is_escaped_is_refused(
+    stack: StackUnderTest, fresh_processors: Any
+) -> None:
+    # "correlation\u0049d" is "correlationId" to a JSON parser, but HAProxy's json_query does
+    # not find it and balances the request round robin, onto every replica in turn.
+    held = str(uuid.uuid4()).encode()
+    body = b'{"correlation\\u0049d":"%s","amount":19.90}' % held
+    for _ in range(6):
+        assert post(stack, body) == 422
+    assert_counted_as_the_processors_count(stack, fresh_processors)
+    assert fresh_processors.default.summary()["totalRequests"] == 0
