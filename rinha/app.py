@@ -1,4 +1,4 @@
-"""The three public routes (SPEC.md §2): a dispatcher takes accepted payments to the
+"""The three public routes (SPEC.md §2) and a readiness check: a dispatcher takes accepted payments to the
 processors, and a cluster answers for every replica (rinha/cluster/).
 
 Public: anything else is 404; a known path with another method is 405. Bad input is answered
@@ -17,6 +17,8 @@ from rinha.ledger import Summary
 from rinha.payments import BadInput, format_cents, parse_payment
 
 ACCEPTED = response(202)
+# For the load balancer's checks: this replica's event loop is serving.
+READY = response(204)
 PURGED = response(200, b'{"message":"All payments purged."}')
 BUFFER_FULL = response(429, b'{"error":"too many pending payments, retry later"}')
 NOT_FOUND = response(404, b'{"error":"no such route"}')
@@ -74,6 +76,8 @@ class App:
             return self._summary(request.query) if method == b"GET" else METHOD_NOT_ALLOWED
         if path == b"/purge-payments":
             return self._purge() if method == b"POST" else METHOD_NOT_ALLOWED
+        if path == b"/ready":
+            return READY if method == b"GET" else METHOD_NOT_ALLOWED
         return NOT_FOUND
 
     def _accept(self, request: Request) -> bytes:

@@ -116,6 +116,8 @@ def test_answers_before_the_bad_request_still_arrive(service: Service) -> None:
         ("POST", "/payments-summary", 405),
         ("GET", "/purge-payments", 405),
         ("GET", "/control/summary", 404),
+        ("GET", "/ready", 204),
+        ("POST", "/ready", 405),
     ],
 )
 def test_routes(service: Service, method: str, path: str, status: int) -> None:

@@ -102,7 +102,7 @@ class Peer:
 class Peers:
     """The other replicas of this host's cluster."""
 
-    def __init__(self, peers: Sequence[tuple[str, str]], *, timeout: float = 2.0) -> None:
+    def __init__(self, peers: Sequence[tuple[str, str]], *, timeout: float = 1.0) -> None:
         self._peers = [Peer(control, journal, timeout) for control, journal in peers]
 
     async def totals(self, from_ms: int | None, to_ms: int | None) -> Summary:

@@ -1,0 +1,53 @@
+"""A replica that stalls (SIGSTOP: a GC pause, a frozen VM, a container starved by its CPU
+quota look the same) must not hold up the requests HAProxy sends it (issue 22, H6): its socket
+still accepts connections, so a check that only connects keeps it in rotation, and the
+contest's client gives up on a request after 1.5 s.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import uuid
+from typing import Any
+
+from tests.processes import call
+from tests.service_fixtures import StackUnderTest
+
+CLIENT_TIMEOUT = 1.5  # the official test's
+
+
+def replica_status(stack: StackUnderTest) -> dict[str, str]:
+    """HAProxy's status of each replica (UP, DOWN, …), from its stats CSV."""
+    csv = call(stack.stats_port, "GET", "/;csv").body.decode()
+    header = csv.splitlines()[0].lstrip("# ").split(",")
+    rows = [dict(zip(header, line.split(","))) for line in csv.splitlines()[1:] if line]
+    return {r["svname"]: r["status"] for r in rows if r["svname"].startswith("replica")}
+
+
+def test_a_stalled_replica_leaves_the_rotation_and_comes_back(
+    stack: StackUnderTest, fresh_processors: Any
+) -> None:
+    pid = stack.replica_pid("replica-2")
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        deadline = time.monotonic() + 10
+        while replica_status(stack)["replica-2"] != "DOWN":
+            assert time.monotonic() < deadline, replica_status(stack)
+            time.sleep(0.1)
+        for _ in range(20):
+            summary = call(stack.port, "GET", "/payments-summary", timeout=CLIENT_TIMEOUT)
+            assert summary.status == 200
+            body = {"correlationId": str(uuid.uuid4()), "amount": 19.90}
+            paid = call(stack.port, "POST", "/payments", body, timeout=CLIENT_TIMEOUT)
+            assert paid.status == 202
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    deadline = time.monotonic() + 10
+    while replica_status(stack)["replica-2"] != "UP":
+        assert time.monotonic() < deadline, replica_status(stack)
+        time.sleep(0.1)
+    final = stack.wait_settled()
+    assert final["default"]["totalRequests"] == 20
+    assert fresh_processors.default.summary()["totalRequests"] == 20
