@@ -9,7 +9,9 @@ setting) also covers the machine losing power, at the price of a disk flush per 
     S <id> <processor> <requested_ms> sent: an attempt is under way with this requestedAt
     R <id>                            the last attempt is known not stored (refused, released)
     C <id> <processor> <requested_ms> <cents> <accepted_ms>   confirmed and recorded
-    P                                 purged: everything accepted before it is forgotten
+    P <at_ms>                         purged: what was accepted up to at_ms is forgotten (a
+                                      bare P, written before purges carried their moment:
+                                      everything accepted before it)
     I <incarnation>                   the run that wrote the lines after it (shared store)
 
 Recovery replays the lines: confirmed payments rebuild the ledger, accepted ones without a
@@ -31,7 +33,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from rinha.ledger import PROCESSORS
+from rinha.ledger import EVERYTHING, PROCESSORS
 from rinha.payments import Payment
 
 
@@ -64,8 +66,8 @@ class Replay:
             at, cents = int(words[3]), int(words[4])
             accepted = int(words[5]) if len(words) == 6 else 0
             self.confirmed(Confirmed(words[1], words[2], at, cents, accepted))
-        elif kind == "P" and len(words) == 1:
-            self.purged()
+        elif kind == "P" and len(words) in (1, 2):
+            self.purged(int(words[1]) if len(words) == 2 else EVERYTHING)
         elif kind == "I" and len(words) == 2:
             self.incarnation(words[1])
         else:
@@ -91,7 +93,7 @@ class Replay:
     def confirmed(self, entry: Confirmed) -> None:
         pass
 
-    def purged(self) -> None:
+    def purged(self, up_to_ms: float) -> None:
         pass
 
     def incarnation(self, name: str) -> None:
@@ -106,12 +108,12 @@ class Recovered(Replay):
     def __init__(self) -> None:
         self.confirmed_entries: list[Confirmed] = []
         self.pending: dict[str, Payment] = {}
-        self.known_ids: set[str] = set()
+        self.known_ids: dict[str, int] = {}  # when each was accepted
         self.last_incarnation: str | None = None
         self._attempts: dict[str, tuple[str, int]] = {}
 
     def accepted(self, correlation_id: str, cents: int, accepted_ms: int) -> None:
-        self.known_ids.add(correlation_id)
+        self.known_ids.setdefault(correlation_id, accepted_ms)
         self.pending.setdefault(correlation_id, Payment(correlation_id, cents, accepted_ms))
 
     def sent(self, correlation_id: str, processor: str, requested_at_ms: int) -> None:
@@ -122,17 +124,17 @@ class Recovered(Replay):
 
     def confirmed(self, entry: Confirmed) -> None:
         # A compacted journal keeps only this line for a confirmed payment: it is known too.
-        self.known_ids.add(entry.correlation_id)
+        self.known_ids.setdefault(entry.correlation_id, entry.accepted_ms)
         self.pending.pop(entry.correlation_id, None)
         self._attempts.pop(entry.correlation_id, None)
         self.confirmed_entries.append(entry)
 
-    def purged(self) -> None:
-        # A purge forgets everything accepted before it, pending and in flight included.
-        self.confirmed_entries.clear()
-        self.pending.clear()
-        self.known_ids.clear()
-        self._attempts.clear()
+    def purged(self, up_to_ms: float) -> None:
+        # A purge forgets what was accepted up to its moment, pending and in flight included.
+        self.confirmed_entries = [c for c in self.confirmed_entries if c.accepted_ms > up_to_ms]
+        self.pending = {i: p for i, p in self.pending.items() if p.accepted_ms > up_to_ms}
+        self.known_ids = {i: at for i, at in self.known_ids.items() if at > up_to_ms}
+        self._attempts = {i: a for i, a in self._attempts.items() if i in self.pending}
 
     def incarnation(self, name: str) -> None:
         self.last_incarnation = name
@@ -211,7 +213,7 @@ class NoJournal:
     ) -> None:
         pass
 
-    def purged(self) -> None:
+    def purged(self, up_to_ms: int) -> None:
         pass
 
     def incarnation(self, name: str) -> None:
@@ -277,8 +279,8 @@ class Journal:
         line = f"C {payment.correlation_id} {processor} {requested_at_ms} {cents} "
         self._write(f"{line}{payment.accepted_ms}\n".encode())
 
-    def purged(self) -> None:
-        self._write(b"P\n")
+    def purged(self, up_to_ms: int) -> None:
+        self._write(b"P %d\n" % up_to_ms)
 
     def incarnation(self, name: str) -> None:
         self._write(f"I {name}\n".encode())

@@ -53,6 +53,22 @@ def call(
         conn.close()
 
 
+def unix_call(socket_path: str, method: str, path: str, body: bytes = b"") -> Reply:
+    """One HTTP request over a unix socket (a replica's control socket or public listener)."""
+    head = f"{method} {path} HTTP/1.1\r\nHost: r\r\nConnection: close\r\n"
+    head += f"Content-Length: {len(body)}\r\n\r\n"
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.connect(socket_path)
+        sock.sendall(head.encode() + body)
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    status_line, _, rest = received.partition(b"\r\n")
+    lines, _, answer = rest.partition(b"\r\n\r\n")
+    headers = dict(line.decode().lower().split(": ", 1) for line in lines.split(b"\r\n") if line)
+    return Reply(int(status_line.split()[1]), headers, answer)
+
+
 @dataclass
 class Process:
     """A child process listening on `port`: `program` (Python unless named) with `args`."""

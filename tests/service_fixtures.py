@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,7 +18,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.processes import Process, Reply, call, free_port
+from tests.processes import Process, Reply, call, free_port, unix_call
 
 # Health reports every 0.2 s keep the tests quick; the emulators' window is as short.
 HEALTH_INTERVAL = "0.2"
@@ -226,12 +225,6 @@ def stack(fresh_processors: Any) -> Iterator[StackUnderTest]:
 
 
 def unix_get(socket_path: str, path: str) -> bytes:
-    with socket.socket(socket.AF_UNIX) as sock:
-        sock.connect(socket_path)
-        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: r\r\nConnection: close\r\n\r\n".encode())
-        received = b""
-        while chunk := sock.recv(65536):
-            received += chunk
-    head, _, body = received.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 200"), head
-    return body
+    reply = unix_call(socket_path, "GET", path)
+    assert reply.status == 200, reply
+    return reply.body

@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import os
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
+from rinha.clock import now_ms
 from rinha.cluster.peers import FOLLOW_INTERVAL, PeerJournal, purge_unowned
 from rinha.journal import read_journal
 from rinha.ledger import Totals
-from tests.processes import call
+from tests.processes import call, unix_call
 from tests.service_fixtures import Service
 
 
@@ -66,6 +68,34 @@ def test_a_purge_with_a_replica_down_reaches_it_when_it_starts(
         assert summary["default"]["totalRequests"] == 0
         assert summary["pending"]["totalRequests"] == 0
     assert fresh_processors.default.summary()["totalRequests"] == 30  # the five never left
+
+
+def test_a_purge_that_reaches_a_replica_late_forgets_only_what_came_before_it(
+    cluster: list[Service], fresh_processors: Any, tmp_path: Path
+) -> None:
+    # A replica stalled (SIGSTOP) when a purge was asked reads the request when it resumes,
+    # after the POSTs that queued meanwhile (issue 22, H3): delivered late here, on purpose.
+    first, _, third = cluster
+    before = third.pay()
+    assert before.status == 202
+    asked_at_ms = now_ms()
+    time.sleep(0.002)  # the next payment is accepted in a later millisecond
+    after_id = str(uuid.uuid4())
+    assert third.pay(after_id).status == 202
+    third.wait_settled()
+    control = str(tmp_path / "replica-3.control")
+    late = unix_call(control, "POST", "/control/purge", b'{"upToMs":%d}' % asked_at_ms)
+    assert late.status == 200
+    expected = {"totalRequests": 1, "totalAmount": 19.9}
+    for replica in (third, first):
+        summary = replica.summary()
+        assert summary["default"] == expected
+        assert summary["pending"]["totalRequests"] == 0
+    third.kill()
+    third.restart()
+    assert third.pay(after_id).status == 202  # still known: not charged again
+    assert third.wait_settled()["default"] == expected
+    assert fresh_processors.default.summary()["totalRequests"] == 2
 
 
 def bytes_read(replica: Service) -> int:
@@ -123,6 +153,6 @@ def test_a_purge_for_a_dead_replica_is_not_swallowed_by_its_torn_last_line(
 ) -> None:
     path = tmp_path / "journal"
     path.write_bytes(b"A id-1 100 1\nA id-2 200 1\nC id-1 defau")  # killed mid-write
-    purge_unowned(str(path))
+    purge_unowned(str(path), 5)
     recovered = read_journal(str(path))
-    assert recovered.pending == {} and recovered.known_ids == set()
+    assert recovered.pending == {} and recovered.known_ids == {}

@@ -53,8 +53,8 @@ class Cluster(abc.ABC):
         self.journal = journal
         # Where the dispatcher records what a processor confirmed.
         self.ledger = ledger
-        # Every correlationId this replica answered 202 for since the last purge.
-        self.known_ids: set[str] = set()
+        # Every correlationId this replica answered 202 for since the last purge, with when.
+        self.known_ids: dict[str, int] = {}
 
     def knows(self, correlation_id: str) -> bool:
         """Answered 202 already: a replay is answered 202 again and charged nothing."""
@@ -64,7 +64,13 @@ class Cluster(abc.ABC):
         """Keep an accepted payment before its 202 leaves: OSError if its journal line could
         not be written, and then nothing is kept."""
         self.journal.accepted(payment)
-        self.known_ids.add(payment.correlation_id)
+        self.known_ids[payment.correlation_id] = payment.accepted_ms
+
+    def forget_known(self, up_to_ms: int) -> None:
+        """A purge: the ids accepted up to `up_to_ms` may be accepted anew."""
+        known = self.known_ids  # in place: the store's takeover holds it too
+        for correlation_id in [i for i, at in known.items() if at <= up_to_ms]:
+            del known[correlation_id]
 
     @abc.abstractmethod
     async def start(self, dispatcher: Dispatcher, recovered: Recovered) -> None:

@@ -22,8 +22,16 @@ import logging
 import math
 from typing import TYPE_CHECKING
 
+from rinha.clock import now_ms
 from rinha.cluster import Cluster, ClusterUnavailable, poll_health
-from rinha.cluster.peers import HEALTH_PATH, PURGE_PATH, Peers, PeerUnavailable, decode_health
+from rinha.cluster.peers import (
+    HEALTH_PATH,
+    PURGE_PATH,
+    Peers,
+    PeerUnavailable,
+    decode_health,
+    decode_purge,
+)
 from rinha.config import OneHost
 from rinha.http import Answer, HttpServer, Request, response
 from rinha.journal import Journal, NoJournal, Recovered
@@ -39,6 +47,7 @@ log = logging.getLogger("rinha")
 PEER_UNREADABLE = response(503, b'{"error":"a replica\'s journal cannot be read; totals unknown"}')
 PURGE_INCOMPLETE = response(503, b'{"error":"a running replica did not answer; purge again"}')
 CONTROL_OK = response(200, b"{}")
+CONTROL_BAD_PURGE = response(400, b'{"error":"a purge names the moment it forgets up to"}')
 CONTROL_NOT_FOUND = response(404, b'{"error":"no such route"}')
 CONTROL_METHOD_NOT_ALLOWED = response(405, b'{"error":"method not allowed"}')
 
@@ -88,13 +97,14 @@ class HostCluster(Cluster):
         return totals
 
     async def purge(self) -> None:
+        up_to_ms = now_ms()
         unreached = None
         try:
-            await self._peers.purge()
+            await self._peers.purge(up_to_ms)
         except PeerUnavailable as error:
             unreached = error  # every other replica purges all the same
         try:
-            self._forget()
+            self._forget(up_to_ms)
         except OSError as error:
             raise ClusterUnavailable(PURGE_INCOMPLETE, str(error)) from error
         if unreached is not None:
@@ -107,13 +117,13 @@ class HostCluster(Cluster):
         await self._control.shutdown()
         await self._peers.close()
 
-    def _forget(self) -> None:
-        """Everything accepted before now, at once (no await): the journal first, so that a
-        restart forgets it too."""
-        self.journal.purged()
-        self._dispatcher.purge(math.inf)
-        self._ledger.forget()
-        self.known_ids.clear()
+    def _forget(self, up_to_ms: int) -> None:
+        """Everything accepted up to `up_to_ms`, at once (no await): the journal first, so
+        that a restart forgets it too."""
+        self.journal.purged(up_to_ms)
+        self._dispatcher.purge(up_to_ms)
+        self._ledger.forget(up_to_ms)
+        self.forget_known(up_to_ms)
 
     async def _publish(self, reports: dict[str, HealthReport]) -> None:
         for name, report in reports.items():
@@ -133,7 +143,9 @@ class HostCluster(Cluster):
             if method != b"POST":
                 return CONTROL_METHOD_NOT_ALLOWED
             try:
-                self._forget()
+                self._forget(decode_purge(request.body))
+            except (ValueError, KeyError, TypeError):
+                return CONTROL_BAD_PURGE
             except OSError:
                 return PURGE_INCOMPLETE
             return CONTROL_OK

@@ -42,6 +42,16 @@ def encode_health(reports: dict[str, HealthReport]) -> bytes:
     return orjson.dumps({name: [r.failing, r.min_response_ms] for name, r in reports.items()})
 
 
+def encode_purge(up_to_ms: int) -> bytes:
+    return orjson.dumps({"upToMs": up_to_ms})
+
+
+def decode_purge(body: bytes) -> int:
+    """The moment a purge forgets up to: what a replica accepted after it was asked stays,
+    however late the request reaches it (a stalled replica reads it when it resumes)."""
+    return int(orjson.loads(body)["upToMs"])
+
+
 def decode_health(body: bytes) -> dict[str, HealthReport]:
     return {name: HealthReport(bool(f), int(ms)) for name, (f, ms) in orjson.loads(body).items()}
 
@@ -83,12 +93,12 @@ class Peer:
         except OSError as error:
             raise PeerUnavailable(f"{journal.path}: {error}") from error
 
-    async def purge(self) -> None:
+    async def purge(self, up_to_ms: int) -> None:
         try:
-            await self.call("POST", PURGE_PATH)
+            await self.call("POST", PURGE_PATH, encode_purge(up_to_ms))
         except PeerUnavailable:
             try:
-                purge_unowned(self.journal.path)
+                purge_unowned(self.journal.path, up_to_ms)
             except JournalInUse:
                 raise PeerUnavailable(f"{self.journal.path}: running, not answering") from None
             except OSError as error:
@@ -125,8 +135,8 @@ class Peers:
                     pass  # a summary meanwhile answers 503 and says why
             await asyncio.sleep(FOLLOW_INTERVAL)
 
-    async def purge(self) -> None:
-        await _on_every_peer(peer.purge() for peer in self._peers)
+    async def purge(self, up_to_ms: int) -> None:
+        await _on_every_peer(peer.purge(up_to_ms) for peer in self._peers)
 
     async def push_health(self, reports: dict[str, HealthReport]) -> None:
         body = encode_health(reports)
@@ -149,20 +159,25 @@ class PeerJournal(Replay):
         self._fd = -1
         self._inode = -1
         self._offset = 0  # just past the last whole line taken in
-        self.purged()  # starts empty, as after a purge
+        self._forget_all()
 
-    def purged(self) -> None:
+    def _forget_all(self) -> None:
         self._ledger = EmbeddedLedger()
-        self._pending: dict[str, int] = {}
+        self._pending: dict[str, tuple[int, int]] = {}  # id -> cents, accepted_ms
         self._pending_cents = 0
+
+    def purged(self, up_to_ms: float) -> None:
+        self._ledger.forget(up_to_ms)
+        self._pending = {i: p for i, p in self._pending.items() if p[1] > up_to_ms}
+        self._pending_cents = sum(cents for cents, _ in self._pending.values())
 
     def accepted(self, correlation_id: str, cents: int, accepted_ms: int) -> None:
         if correlation_id not in self._pending:
-            self._pending[correlation_id] = cents
+            self._pending[correlation_id] = (cents, accepted_ms)
             self._pending_cents += cents
 
     def confirmed(self, entry: Confirmed) -> None:
-        self._pending_cents -= self._pending.pop(entry.correlation_id, 0)
+        self._pending_cents -= self._pending.pop(entry.correlation_id, (0, 0))[0]
         self._ledger.record(
             entry.correlation_id,
             entry.processor,
@@ -184,7 +199,7 @@ class PeerJournal(Replay):
             self._fd = os.open(self.path, os.O_RDONLY)
             self._inode = os.fstat(self._fd).st_ino
             self._offset = 0
-            self.purged()
+            self._forget_all()
 
     def read_chunk(self) -> bool:
         """Take in the whole lines of up to READ_CHUNK bytes written since the last read;
@@ -210,15 +225,17 @@ class PeerJournal(Replay):
             self._fd = -1
 
 
-def purge_unowned(path: str) -> None:
+def purge_unowned(path: str, up_to_ms: int) -> None:
     """Append a purge to the journal of a replica that is not running (JournalInUse if it
-    is): it forgets everything on its next start, and summaries that read it at once."""
+    is): it forgets what it accepted up to `up_to_ms` on its next start, and summaries that
+    read it at once."""
     held = lock(path, wait=0)
     try:
         descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:
             # After a newline: a line torn by the replica's death must not swallow it.
-            if os.write(descriptor, b"\nP\n") != 3:
+            line = b"\nP %d\n" % up_to_ms
+            if os.write(descriptor, line) != len(line):
                 raise OSError(errno.ENOSPC, f"purge not written to {path}")
             os.fsync(descriptor)
         finally:

@@ -14,29 +14,32 @@ from __future__ import annotations
 from bisect import bisect_left, bisect_right
 from itertools import accumulate
 
-from rinha.ledger import PROCESSORS, Summary, Totals
+from rinha.ledger import EVERYTHING, PROCESSORS, Summary, Totals
 
 # Records that arrived out of order are put in their places at the latest when this many wait.
 _MAX_LATE = 4096
 
 
 class _Series:
-    __slots__ = ("late", "prefix", "times")
+    __slots__ = ("accepted", "late", "prefix", "times")
 
     def __init__(self) -> None:
         self.times: list[int] = []
         # prefix[i] is the sum of cents of the first i payments in time order.
         self.prefix: list[int] = [0]
-        # (requestedAt, cents) of records earlier than the last one in `times`.
-        self.late: list[tuple[int, int]] = []
+        # When each payment in `times` was accepted: a purge forgets by that moment.
+        self.accepted: list[int] = []
+        # (requestedAt, cents, accepted) of records earlier than the last one in `times`.
+        self.late: list[tuple[int, int, int]] = []
 
-    def add(self, at_ms: int, cents: int) -> None:
+    def add(self, at_ms: int, cents: int, accepted_ms: int) -> None:
         times = self.times
         if not times or times[-1] <= at_ms:
             times.append(at_ms)
             self.prefix.append(self.prefix[-1] + cents)
+            self.accepted.append(accepted_ms)
             return
-        self.late.append((at_ms, cents))
+        self.late.append((at_ms, cents, accepted_ms))
         if len(self.late) >= _MAX_LATE:
             self._place_late()
 
@@ -44,14 +47,32 @@ class _Series:
         """Merge the late records in, rebuilding the prefix sums from the first of them on."""
         late = sorted(self.late)
         self.late = []
-        times, prefix = self.times, self.prefix
-        start = bisect_right(times, late[0][0])
-        after = [(times[i], prefix[i + 1] - prefix[i]) for i in range(start, len(times))]
-        merged = sorted(after + late)  # two sorted runs: one linear merge
-        del times[start:]
-        del prefix[start + 1 :]
-        times.extend(at for at, _ in merged)
-        prefix.extend(accumulate((cents for _, cents in merged), initial=prefix.pop()))
+        start = bisect_right(self.times, late[0][0])
+        merged = sorted(self._records(start) + late)  # two sorted runs: one linear merge
+        self._replace(start, merged)
+
+    def _records(self, start: int) -> list[tuple[int, int, int]]:
+        """(requestedAt, cents, accepted) of the records in place from `start` on."""
+        times, prefix, accepted = self.times, self.prefix, self.accepted
+        return [
+            (times[i], prefix[i + 1] - prefix[i], accepted[i]) for i in range(start, len(times))
+        ]
+
+    def _replace(self, start: int, records: list[tuple[int, int, int]]) -> None:
+        del self.times[start:]
+        del self.prefix[start + 1 :]
+        del self.accepted[start:]
+        self.times.extend(at for at, _, _ in records)
+        self.prefix.extend(
+            accumulate((cents for _, cents, _ in records), initial=self.prefix.pop())
+        )
+        self.accepted.extend(accepted for _, _, accepted in records)
+
+    def forget(self, up_to_ms: float) -> None:
+        """Every record of a payment accepted up to `up_to_ms`."""
+        if self.late:
+            self._place_late()
+        self._replace(0, [r for r in self._records(0) if r[2] > up_to_ms])
 
     def totals(self, from_ms: int | None, to_ms: int | None) -> Totals:
         if self.late:
@@ -67,6 +88,7 @@ class _Series:
 class EmbeddedLedger:
     def __init__(self) -> None:
         self._series = {name: _Series() for name in PROCESSORS}
+        self._latest_accepted_ms = -1
 
     def record(
         self,
@@ -77,7 +99,8 @@ class EmbeddedLedger:
         accepted_ms: int,
     ) -> None:
         # One record per confirmed payment is the dispatcher's invariant; ids are not kept.
-        self._series[processor].add(requested_at_ms, cents)
+        self._series[processor].add(requested_at_ms, cents, accepted_ms)
+        self._latest_accepted_ms = max(self._latest_accepted_ms, accepted_ms)
 
     def totals(self, from_ms: int | None, to_ms: int | None) -> Summary:
         return {name: series.totals(from_ms, to_ms) for name, series in self._series.items()}
@@ -85,11 +108,17 @@ class EmbeddedLedger:
     async def summary(self, from_ms: int | None, to_ms: int | None) -> Summary:
         return self.totals(from_ms, to_ms)
 
-    def forget(self) -> None:
-        self._series = {name: _Series() for name in PROCESSORS}
+    def forget(self, up_to_ms: float) -> None:
+        """Forget the payments accepted up to `up_to_ms`; a purge that arrives late (its
+        replica stalled) keeps what was accepted after it was asked."""
+        if up_to_ms >= self._latest_accepted_ms:
+            self._series = {name: _Series() for name in PROCESSORS}
+            return
+        for series in self._series.values():
+            series.forget(up_to_ms)
 
     async def purge(self) -> None:
-        self.forget()
+        self.forget(EVERYTHING)
 
     async def close(self) -> None:
         pass

@@ -96,14 +96,7 @@ class StoreCluster(Cluster):
             if payment.accepted_ms > purged_at_ms
         }
         # A purge this journal has not seen forgot these ids: they may be accepted anew.
-        self.known_ids.difference_update(
-            [p.correlation_id for p in recovered.pending.values() if p.accepted_ms <= purged_at_ms]
-            + [
-                c.correlation_id
-                for c in recovered.confirmed_entries
-                if c.accepted_ms <= purged_at_ms
-            ]
-        )
+        self.forget_known(purged_at_ms)
         previous = recovered.last_incarnation
         if previous is None:
             unclaimed = list(known.values())
@@ -174,16 +167,13 @@ class StoreCluster(Cluster):
     def _forget(self, up_to_ms: int) -> None:
         self._set_purged_at(up_to_ms)
         self._claims.forget(up_to_ms)
-        kept = self._dispatcher.purge(up_to_ms)
-        self.known_ids.clear()
-        self.known_ids.update(payment.correlation_id for payment in kept)
-        if not kept:
-            # Everything in the journal is forgotten: its next start needs none of it. (With
-            # payments kept, the store's purge moment sorts the journal out at that start.)
-            try:
-                self.journal.purged()
-            except OSError as error:
-                log.warning("purge not journaled: %s", error)
+        self._dispatcher.purge(up_to_ms)
+        self.forget_known(up_to_ms)
+        try:
+            self.journal.purged(up_to_ms)
+        except OSError as error:
+            # The store's purge moment sorts the journal out at the next start.
+            log.warning("purge not journaled: %s", error)
 
 
 async def _patiently(what: str, attempt: Callable[[], Awaitable[T]]) -> T:

@@ -38,7 +38,7 @@ class Takeover:
         claims: AsyncCollection[Document],
         leases: AsyncCollection[Document],
         dispatcher: Dispatcher,
-        known_ids: set[str],
+        known_ids: dict[str, int],
     ) -> None:
         self._name = name
         self._claims = claims
@@ -125,5 +125,5 @@ class Takeover:
             return
         self._taken.add(doc["_id"])
         payment = Payment(doc["_id"], doc["cents"], doc["acceptedMs"])
-        self._known_ids.add(payment.correlation_id)
+        self._known_ids[payment.correlation_id] = payment.accepted_ms
         self._dispatcher.adopt(payment)
