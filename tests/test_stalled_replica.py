@@ -10,10 +10,17 @@ import os
 import signal
 import time
 import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from tests.processes import call
-from tests.service_fixtures import StackUnderTest
+from tests.service_fixtures import Service, StackUnderTest
+
+
+def iso(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
 
 CLIENT_TIMEOUT = 1.5  # the official test's
 
@@ -51,3 +58,42 @@ def test_a_stalled_replica_leaves_the_rotation_and_comes_back(
     final = stack.wait_settled()
     assert final["default"]["totalRequests"] == 20
     assert fresh_processors.default.summary()["totalRequests"] == 20
+
+
+def attempts_journaled(journal: Path) -> int:
+    return sum(line.startswith("S ") for line in journal.read_text().splitlines())
+
+
+def test_a_stalled_replicas_payments_count_once_the_processor_has_them(
+    cluster: list[Service], fresh_processors: Any, tmp_path: Path
+) -> None:
+    # (issue 22, H4) A replica stopped with attempts under way: the processor stores them
+    # after its delay, and the replica's journal says only that they were sent. The audit
+    # reads windows ending 2 s before now, and the replica may stay stopped far longer.
+    first, _, third = cluster
+    start = iso(datetime.now(UTC) - timedelta(seconds=1))
+    fresh_processors.default.set_delay(300)
+    for _ in range(10):
+        assert third.pay().status == 202
+    journal = tmp_path / "replica-3.journal"
+    deadline = time.monotonic() + 5
+    while attempts_journaled(journal) < 10:
+        assert time.monotonic() < deadline, journal.read_text()
+        time.sleep(0.01)
+    assert third.process.popen is not None
+    pid = third.process.popen.pid
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            end = iso(datetime.now(UTC) - timedelta(seconds=2))
+            ours = first.summary(start, end)["default"]
+            theirs = fresh_processors.default.summary(start, end)
+            if theirs["totalRequests"] == 10 and ours["totalRequests"] == 10:
+                assert ours["totalAmount"] == theirs["totalAmount"]
+                break
+            assert time.monotonic() < deadline, (ours, theirs)
+            time.sleep(0.1)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert third.wait_settled()["default"]["totalRequests"] == 10

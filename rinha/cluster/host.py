@@ -37,7 +37,7 @@ from rinha.http import Answer, HttpServer, Request, response
 from rinha.journal import Journal, NoJournal, Recovered
 from rinha.ledger import Summary, Totals
 from rinha.ledger.embedded import EmbeddedLedger
-from rinha.processor_client import HealthReport, ProcessorClient
+from rinha.processor_client import HealthReport, Outcome, ProcessorClient
 
 if TYPE_CHECKING:
     from rinha.dispatcher import Dispatcher
@@ -46,6 +46,13 @@ log = logging.getLogger("rinha")
 
 PEER_UNREADABLE = response(503, b'{"error":"a replica\'s journal cannot be read; totals unknown"}')
 PURGE_INCOMPLETE = response(503, b'{"error":"a running replica did not answer; purge again"}')
+PEER_UNSETTLED = response(
+    503, b'{"error":"a stalled replica\'s attempt cannot be looked up; totals unknown"}'
+)
+# A peer whose journal has not grown for this long, and its attempts stamped longer ago than
+# this (a requestedAt is past the processor's announced delay and the answer's way back), are
+# looked up by a summary: its replica is stalled or dead.
+OVERDUE_MS = 1000
 CONTROL_OK = response(200, b"{}")
 CONTROL_BAD_PURGE = response(400, b'{"error":"a purge names the moment it forgets up to"}')
 CONTROL_NOT_FOUND = response(404, b'{"error":"no such route"}')
@@ -94,7 +101,30 @@ class HostCluster(Cluster):
                 totals[name] = totals[name] + part
         except PeerUnavailable as error:
             raise ClusterUnavailable(PEER_UNREADABLE, str(error)) from error
+        await self._settle_overdue(totals, from_ms, to_ms)
         return totals
+
+    async def _settle_overdue(
+        self, totals: Summary, from_ms: int | None, to_ms: int | None
+    ) -> None:
+        """A peer whose journal has stopped growing, with attempts under way stamped a while
+        ago: its replica is stalled or dead, and the processor may have stored them all the
+        same, inside the windows an audit reads. Ask the processor (there are few)."""
+        overdue = self._peers.overdue(OVERDUE_MS / 1000, now_ms() - OVERDUE_MS)
+        if not overdue:
+            return
+        found = await asyncio.gather(
+            *(self._clients[a.processor].lookup(a.correlation_id) for a in overdue)
+        )
+        for attempt, stored in zip(overdue, found):
+            if isinstance(stored, Outcome):
+                raise ClusterUnavailable(PEER_UNSETTLED, f"{attempt} cannot be looked up")
+            if stored is None:
+                continue
+            totals["pending"] = totals["pending"] - Totals(1, attempt.cents)
+            at = stored.requested_at_ms
+            if (from_ms is None or from_ms <= at) and (to_ms is None or at <= to_ms):
+                totals[attempt.processor] = totals[attempt.processor] + Totals(1, stored.cents)
 
     async def purge(self) -> None:
         up_to_ms = now_ms()

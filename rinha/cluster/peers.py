@@ -12,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+import time
 from collections.abc import Awaitable, Iterable, Sequence
+from dataclasses import dataclass
 
 import aiohttp
 import orjson
@@ -32,6 +34,16 @@ FOLLOW_INTERVAL = 1.0
 # A peer's journal is read in pieces of this size, letting other work run between them: a
 # replica restarted late in a run has megabytes to read again.
 READ_CHUNK = 16384
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """A peer's attempt under way, as its journal says."""
+
+    correlation_id: str
+    processor: str
+    requested_at_ms: int
+    cents: int
 
 
 class PeerUnavailable(Exception):
@@ -124,6 +136,18 @@ class Peers:
                 totals[name] = totals.get(name, Totals()) + part
         return totals
 
+    def overdue(self, quiet_for: float, requested_before_ms: int) -> list[Attempt]:
+        """The attempts under way stamped before `requested_before_ms` of every peer whose
+        journal has not grown for `quiet_for` seconds: a replica under way journals its
+        answers as they come."""
+        quiet_since = time.monotonic() - quiet_for
+        return [
+            attempt
+            for peer in self._peers
+            if peer.journal.grew_at < quiet_since
+            for attempt in peer.journal.overdue(requested_before_ms)
+        ]
+
     async def follow(self) -> None:
         """Read every peer's journal up to its end once per FOLLOW_INTERVAL, forever, so that a
         summary only reads what was written since."""
@@ -159,24 +183,44 @@ class PeerJournal(Replay):
         self._fd = -1
         self._inode = -1
         self._offset = 0  # just past the last whole line taken in
+        self.grew_at = time.monotonic()  # when a read last found new lines
         self._forget_all()
 
     def _forget_all(self) -> None:
         self._ledger = EmbeddedLedger()
         self._pending: dict[str, tuple[int, int]] = {}  # id -> cents, accepted_ms
         self._pending_cents = 0
+        # A pending payment's attempt under way: processor and requestedAt.
+        self._attempts: dict[str, tuple[str, int]] = {}
 
     def purged(self, up_to_ms: float) -> None:
         self._ledger.forget(up_to_ms)
         self._pending = {i: p for i, p in self._pending.items() if p[1] > up_to_ms}
         self._pending_cents = sum(cents for cents, _ in self._pending.values())
+        self._attempts = {i: a for i, a in self._attempts.items() if i in self._pending}
 
     def accepted(self, correlation_id: str, cents: int, accepted_ms: int) -> None:
         if correlation_id not in self._pending:
             self._pending[correlation_id] = (cents, accepted_ms)
             self._pending_cents += cents
 
+    def sent(self, correlation_id: str, processor: str, requested_at_ms: int) -> None:
+        if correlation_id in self._pending:
+            self._attempts[correlation_id] = (processor, requested_at_ms)
+
+    def not_stored(self, correlation_id: str) -> None:
+        self._attempts.pop(correlation_id, None)
+
+    def overdue(self, requested_before_ms: int) -> list[Attempt]:
+        """Attempts under way stamped before `requested_before_ms`, no answer journaled."""
+        return [
+            Attempt(correlation_id, processor, requested_at_ms, self._pending[correlation_id][0])
+            for correlation_id, (processor, requested_at_ms) in self._attempts.items()
+            if requested_at_ms < requested_before_ms
+        ]
+
     def confirmed(self, entry: Confirmed) -> None:
+        self._attempts.pop(entry.correlation_id, None)
         self._pending_cents -= self._pending.pop(entry.correlation_id, (0, 0))[0]
         self._ledger.record(
             entry.correlation_id,
@@ -211,6 +255,8 @@ class PeerJournal(Replay):
         if not end and len(data) == READ_CHUNK:
             end = len(data)  # no line is this long: an unreadable stretch, skipped
         self._offset += end
+        if end:
+            self.grew_at = time.monotonic()
         self.apply_lines(data[:end].decode("ascii", errors="replace").split("\n"))
         return len(data) == READ_CHUNK
 

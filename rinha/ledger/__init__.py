@@ -25,6 +25,9 @@ class Totals:
     def __add__(self, other: Totals) -> Totals:
         return Totals(self.count + other.count, self.cents + other.cents)
 
+    def __sub__(self, other: Totals) -> Totals:
+        return Totals(self.count - other.count, self.cents - other.cents)
+
 
 Summary = dict[str, Totals]
 
