@@ -28,13 +28,17 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import math
 import os
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from rinha.ledger import EVERYTHING, PROCESSORS
+from rinha.ledger import PROCESSORS
 from rinha.payments import Payment
+
+# The moment of a bare `P` line: everything accepted before it.
+EVERYTHING = math.inf
 
 
 @dataclass(frozen=True, slots=True)

@@ -330,6 +330,23 @@ def test_purge_forgets_stored_and_not_yet_written_payments(ledger_url: str | Non
     run(case())
 
 
+def test_a_purge_keeps_the_unwritten_records_of_payments_accepted_after_it(
+    ledger_url: str | None,
+) -> None:
+    """(issue 22, H8) A purge takes its moment, then waits for the store: a payment accepted
+    meanwhile, confirmed and recorded, is not the purge's to forget, written or not."""
+
+    async def case() -> None:
+        ledger = open_ledger(ledger_url)
+        ledger.record(new_id(), "default", 1000, 1990, now_ms())
+        ledger.record(new_id(), "fallback", 1001, 5, now_ms() + 60_000)  # after the purge
+        await ledger.purge()
+        await until_visible(ledger, totals(fallback=(1, 5)))
+        await ledger.close()
+
+    run(case())
+
+
 def test_a_payment_accepted_before_a_purge_and_recorded_after_it_is_not_counted(
     mongo_url: str,
 ) -> None:

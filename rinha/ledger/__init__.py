@@ -8,13 +8,10 @@ raises `LedgerUnavailable` rather than give a figure it cannot vouch for.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Protocol
 
 PROCESSORS = ("default", "fallback")
-# The moment of a purge that forgets every payment, whenever it was accepted.
-EVERYTHING = math.inf
 
 
 @dataclass(frozen=True, slots=True)
