@@ -27,7 +27,7 @@ JOURNAL_UNAVAILABLE = response(503, b'{"error":"cannot keep the payment now, ret
 # The correlationId HAProxy hashed to choose this replica (haproxy/haproxy.cfg).
 HASHED_ID_HEADER = b"x-hashed-correlation-id"
 # Why a POST /payments was refused, as the metrics label it.
-REFUSAL_REASONS = ("bad_input", "buffer_full", "journal_unavailable")
+REFUSAL_REASONS = ("bad_input", "buffer_full", "journal_unavailable", "cluster_unavailable")
 
 
 def bad_input(status: int, reason: str) -> bytes:
@@ -102,6 +102,9 @@ class App:
         except OSError:
             self.refused_counts["journal_unavailable"] += 1
             return JOURNAL_UNAVAILABLE
+        except ClusterUnavailable as error:
+            self.refused_counts["cluster_unavailable"] += 1
+            return error.answer
         self._dispatcher.submit(payment)
         self.accepted_count += 1
         return ACCEPTED

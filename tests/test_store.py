@@ -350,9 +350,10 @@ def test_replicas_ride_out_the_store_going_away(
     fresh_processors: Any,
     tmp_path: Path,
 ) -> None:
-    """With the store gone for longer than a lease, POSTs are still answered and kept, no
-    replica sends what another may take over, and none takes the others over when it comes
-    back: every payment is processed once when the store returns."""
+    """With the store gone, POSTs are still answered and kept while the leases last, and
+    refused once they have lapsed (issue 22, H7: a replica whose lease lapsed may be taken
+    over and exit); no replica sends what another may take over, and none takes the others
+    over when it comes back: every payment is processed once when the store returns."""
     url = with_database(stoppable_stand_in.url, "outage")
     with running_cluster(url, fresh_processors, tmp_path) as cluster:
 
@@ -365,12 +366,56 @@ def test_replicas_ride_out_the_store_going_away(
 
         before = pay(60)
         stoppable_stand_in.stop()
-        during = pay(60)
+        during = pay(20)
         time.sleep(LEASE_SECONDS + 1)  # every lease lapses
+        refused = {"correlationId": str(uuid.uuid4()), "amount": 19.90}
+        for replica in cluster.replicas:
+            assert replica.call("POST", "/payments", refused).status == 503
         stoppable_stand_in.start()
-        after = pay(60)
+        probes = set()
+        for replica in cluster.replicas:
+            deadline = time.monotonic() + 10
+            while True:
+                probe = {"correlationId": str(uuid.uuid4()), "amount": 19.90}
+                if replica.call("POST", "/payments", probe).status != 503:
+                    break
+                assert time.monotonic() < deadline, "its lease was not renewed"
+                time.sleep(0.1)
+            probes.add(probe["correlationId"])
+        after = pay(60) | probes
         settled(cluster.replicas, fresh_processors)
         assert_processed_once(before | during | after, fresh_processors)
         for replica in cluster.replicas:
             assert replica.process.popen is not None
             assert replica.process.popen.poll() is None, "a replica exited"
+
+
+def test_a_replica_taken_over_hands_over_what_it_answered_202_for(
+    stoppable_stand_in: StandIn,  # noqa: F811 (the fixture imported above)
+    fresh_processors: Any,
+    tmp_path: Path,
+) -> None:
+    """(issue 22, H7) Payments answered 202 while the store was out of reach have no claims
+    yet: they are in the journal only. Stalled until the others, back with the store, find its
+    lease expired and take it over, a replica exits when it sees its lease dead: it stores
+    those claims first, so that the others take them over too."""
+    url = with_database(stoppable_stand_in.url, "taken_over")
+    with running_cluster(url, fresh_processors, tmp_path) as cluster:
+        victim = cluster.replicas[2]
+        assert victim.process.popen is not None
+        stoppable_stand_in.stop()
+        ids = {str(uuid.uuid4()) for _ in range(20)}
+        for correlation_id in ids:
+            body = {"correlationId": correlation_id, "amount": 19.90}
+            assert victim.call("POST", "/payments", body).status == 202
+        victim.process.popen.send_signal(signal.SIGSTOP)
+        stoppable_stand_in.start()
+        deadline = time.monotonic() + 30
+        name = victim.name()
+        while not (cluster.database["cluster"].find_one({"_id": name}) or {}).get("dead"):
+            assert time.monotonic() < deadline, "the victim's lease was not taken over"
+            time.sleep(0.1)
+        victim.process.popen.send_signal(signal.SIGCONT)
+        assert victim.process.popen.wait(30) == 3  # it saw its lease dead
+        settled(cluster.replicas[:2], fresh_processors)
+        assert_processed_once(ids, fresh_processors)

@@ -62,7 +62,8 @@ class Cluster(abc.ABC):
 
     def accept(self, payment: Payment) -> None:
         """Keep an accepted payment before its 202 leaves: OSError if its journal line could
-        not be written, and then nothing is kept."""
+        not be written, ClusterUnavailable if this replica cannot take payments now; either
+        way nothing is kept."""
         self.journal.accepted(payment)
         self.known_ids[payment.correlation_id] = payment.accepted_ms
 

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("rinha")
 
+LEASE_LAPSED = response(503, b'{"error":"cannot keep the payment now, retry later"}')
 STORE_UNAVAILABLE = response(503, b'{"error":"the ledger store did not answer; totals unknown"}')
 # Before the first purge.
 NEVER_PURGED = -1
@@ -65,6 +66,7 @@ class StoreCluster(Cluster):
         self._health_interval = health_interval
         self._purged_at_ms = NEVER_PURGED
         self._tasks: list[asyncio.Task[None]] = []
+        self._loop = asyncio.get_running_loop()
 
     async def start(self, dispatcher: Dispatcher, recovered: Recovered) -> None:
         """Take this run's lease, then take up what the journal's previous run left: the
@@ -85,6 +87,7 @@ class StoreCluster(Cluster):
             self._clients,
             self._health_interval,
             self._purged_elsewhere,
+            self._claims.hand_over,
         )
         dispatcher.allow(-math.inf, 0)  # nothing leaves before the first renewal
         self.known_ids.update(recovered.known_ids)
@@ -109,6 +112,8 @@ class StoreCluster(Cluster):
             self._claims.claim(payment)
         dispatcher.restore(unclaimed)
         self.journal.incarnation(self.name)
+        # Renewed once before the first POST: one is refused while the lease has lapsed.
+        await _patiently("renewing the lease", self._lease.renew)
         loop = asyncio.get_running_loop()
         self._tasks = [
             loop.create_task(self._claims.write_forever()),
@@ -120,6 +125,10 @@ class StoreCluster(Cluster):
         return await self._ledger.purged_at_ms()
 
     def accept(self, payment: Payment) -> None:
+        if self._loop.time() >= self._dispatcher.send_until:
+            # The store is out of reach, or this replica stalled: others may be taking over
+            # what it holds, and it exits once it finds its lease dead.
+            raise ClusterUnavailable(LEASE_LAPSED, "this replica's lease has lapsed")
         super().accept(payment)
         self._claims.claim(payment)
 

@@ -10,6 +10,7 @@ owner (rinha/cluster/store/ledger.py), so the owned claims are exactly the pendi
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +26,9 @@ if TYPE_CHECKING:
     from rinha.dispatcher import Dispatcher
 
 log = logging.getLogger("rinha")
+
+# Between attempts to store the last claims of a replica that is taken over.
+HAND_OVER_RETRY = 0.5
 
 Document = dict[str, Any]
 
@@ -72,6 +76,14 @@ class Claims:
 
     async def write_forever(self) -> None:
         await self._writer.write_forever()
+
+    async def hand_over(self) -> None:
+        """Store every claim still unwritten, however long the store takes: this replica's
+        lease is dead, so the others take over what it owns, and a payment it answered 202
+        for without a claim would be in its journal only."""
+        while self._writer.unwritten:
+            if not await self._writer.write_once():
+                await asyncio.sleep(HAND_OVER_RETRY)
 
     async def _write(self, batch: list[Payment]) -> list[Payment]:
         """Store the batch's claims; the payments to claim again (an id claimed before a

@@ -61,6 +61,7 @@ class Lease:
         clients: dict[str, ProcessorClient],
         health_interval: float,
         purged: Callable[[int], Awaitable[None]],
+        taken_over: Callable[[], Awaitable[None]],
     ) -> None:
         self._name = name
         self._leases = leases
@@ -69,6 +70,7 @@ class Lease:
         self._clients = clients
         self._health_interval = health_interval
         self._purged = purged  # told the moment of a purge newer than the last one seen
+        self._taken_over = taken_over  # awaited before this process exits, taken over
         self._loop = asyncio.get_running_loop()
         self._poller: asyncio.Task[None] | None = None
         self._health_at_ms = 0
@@ -82,6 +84,10 @@ class Lease:
         await self._leases.update_one(
             {"_id": POLLER_ID}, {"$setOnInsert": {"expiresMs": 0}}, upsert=True
         )
+
+    async def renew(self) -> None:
+        """Renew once; raises PyMongoError when the store does not answer."""
+        await self._renew()
 
     async def renew_forever(self) -> None:
         try:
@@ -107,6 +113,7 @@ class Lease:
         )
         if not renewed.matched_count:
             log.critical("this replica's lease was taken over: its payments are another's now")
+            await self._taken_over()
             os._exit(TAKEN_OVER)
         # Back after its own lease lapsed: the others may be coming back too, so it waits
         # one lease before it takes any of them over.
