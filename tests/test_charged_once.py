@@ -1,4 +1,4 @@
-"""Charged once across replicas (issue 22, H1): HAProxy sends each payment to the replica that
+"""Charged once across replicas. HAProxy sends each payment to the replica that
 owns its correlationId by hashing the id it reads in the body, and the replica parses the body
 again. Where the two readings could differ, a second replica would accept an id that another
 already holds, and its attempt's 422 would be recorded as its own: counted twice. A body whose
@@ -7,11 +7,15 @@ id HAProxy does not read as the replica does is refused.
 
 from __future__ import annotations
 
+import os
+import signal
+import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 from tests.processes import call
-from tests.service_fixtures import StackUnderTest
+from tests.service_fixtures import StackUnderTest, wait_dead
 
 
 def post(stack: StackUnderTest, body: bytes) -> int:
@@ -55,3 +59,31 @@ def test_a_body_whose_id_key_is_escaped_is_refused(
         assert post(stack, body) == 422
     assert_counted_as_the_processors_count(stack, fresh_processors)
     assert fresh_processors.default.summary()["totalRequests"] == 0
+
+
+def test_a_retry_after_its_replica_died_is_charged_once(
+    stack: StackUnderTest, fresh_processors: Any
+) -> None:
+    # (issue 22, H2) The client sends the same payment again after the replica that
+    # accepted it died (HAProxy answered 502, or the 202 was lost): HAProxy sends the retry
+    # to another replica, which must see it in the dead replica's journal.
+    correlation_id = str(uuid.uuid4())
+    body = b'{"correlationId":"%s","amount":19.90}' % correlation_id.encode()
+    assert post(stack, body) == 202
+    holder = next(
+        name
+        for name, socket_path in stack.replicas.items()
+        if f"A {correlation_id} " in Path(socket_path).with_suffix(".journal").read_text()
+    )
+    pid = stack.replica_pid(holder)
+    os.kill(pid, signal.SIGKILL)
+    wait_dead(pid)
+    # As a client does: again after a 502 (HAProxy's idle connection to the dead replica).
+    retries = [post(stack, body) for _ in range(3)]
+    assert 202 in retries and set(retries) <= {202, 502}, retries
+    deadline = time.monotonic() + 30
+    while call(stack.port, "GET", "/payments-summary").status != 200:
+        assert time.monotonic() < deadline, "the killed replica did not come back"
+        time.sleep(0.1)
+    assert_counted_as_the_processors_count(stack, fresh_processors)
+    assert fresh_processors.default.summary()["totalRequests"] == 1

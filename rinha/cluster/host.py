@@ -77,6 +77,9 @@ class HostCluster(Cluster):
         self._tasks: list[asyncio.Task[None]] = []
         self._started_at = 0.0
 
+    def knows(self, correlation_id: str) -> bool:
+        return correlation_id in self.known_ids or self._peers.know(correlation_id)
+
     async def start(self, dispatcher: Dispatcher, recovered: Recovered) -> None:
         self._dispatcher = dispatcher
         self.known_ids.update(recovered.known_ids)

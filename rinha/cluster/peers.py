@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import fcntl
 import os
 import time
 from collections.abc import Awaitable, Iterable, Sequence
@@ -81,6 +82,8 @@ class Peer:
 
     def __init__(self, control: str, journal: str, timeout: float) -> None:
         self.journal = PeerJournal(journal)
+        # The lock file its replica holds while it runs (rinha/journal.py, `lock`).
+        self._lock = os.open(journal + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
         self._session = aiohttp.ClientSession(
             connector=aiohttp.UnixConnector(path=control),
             timeout=aiohttp.ClientTimeout(total=timeout),
@@ -94,6 +97,32 @@ class Peer:
                     raise PeerUnavailable(f"peer answered {answer.status} to {path}")
         except (TimeoutError, aiohttp.ClientError) as error:
             raise PeerUnavailable(str(error) or type(error).__name__) from error
+
+    def is_down(self) -> bool:
+        """No live process holds its journal's lock: killed, and not started again yet."""
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        fcntl.flock(self._lock, fcntl.LOCK_UN)
+        return True
+
+    def knows(self, correlation_id: str) -> bool:
+        """Its journal says it accepted this id. A dead peer's journal no longer grows, and is
+        read to its end first: HAProxy sends a dead replica's ids to the others, and a
+        client that retries after that replica's 502 sends one it may have accepted."""
+        journal = self.journal
+        if correlation_id in journal.known_ids:
+            return True
+        if not self.is_down():
+            return False
+        try:
+            journal.open_current()
+            while journal.read_chunk():
+                pass
+        except OSError:
+            return False  # its summary answers 503 and says why
+        return correlation_id in journal.known_ids
 
     async def read_journal(self) -> None:
         """Take in whatever the peer's journal gained since the last read."""
@@ -118,6 +147,7 @@ class Peer:
 
     async def close(self) -> None:
         self.journal.close()
+        os.close(self._lock)
         await self._session.close()
 
 
@@ -126,6 +156,10 @@ class Peers:
 
     def __init__(self, peers: Sequence[tuple[str, str]], *, timeout: float = 1.0) -> None:
         self._peers = [Peer(control, journal, timeout) for control, journal in peers]
+
+    def know(self, correlation_id: str) -> bool:
+        """A peer accepted this id: it is that replica's payment."""
+        return any(peer.knows(correlation_id) for peer in self._peers)
 
     async def totals(self, from_ms: int | None, to_ms: int | None) -> Summary:
         """What every peer's journal says it confirmed in the window and holds pending."""
@@ -190,6 +224,7 @@ class PeerJournal(Replay):
         self._ledger = EmbeddedLedger()
         self._pending: dict[str, tuple[int, int]] = {}  # id -> cents, accepted_ms
         self._pending_cents = 0
+        self.known_ids: dict[str, int] = {}  # every id accepted since the last purge, and when
         # A pending payment's attempt under way: processor and requestedAt.
         self._attempts: dict[str, tuple[str, int]] = {}
 
@@ -198,8 +233,10 @@ class PeerJournal(Replay):
         self._pending = {i: p for i, p in self._pending.items() if p[1] > up_to_ms}
         self._pending_cents = sum(cents for cents, _ in self._pending.values())
         self._attempts = {i: a for i, a in self._attempts.items() if i in self._pending}
+        self.known_ids = {i: at for i, at in self.known_ids.items() if at > up_to_ms}
 
     def accepted(self, correlation_id: str, cents: int, accepted_ms: int) -> None:
+        self.known_ids.setdefault(correlation_id, accepted_ms)
         if correlation_id not in self._pending:
             self._pending[correlation_id] = (cents, accepted_ms)
             self._pending_cents += cents
@@ -220,6 +257,7 @@ class PeerJournal(Replay):
         ]
 
     def confirmed(self, entry: Confirmed) -> None:
+        self.known_ids.setdefault(entry.correlation_id, entry.accepted_ms)
         self._attempts.pop(entry.correlation_id, None)
         self._pending_cents -= self._pending.pop(entry.correlation_id, (0, 0))[0]
         self._ledger.record(
