@@ -10,6 +10,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
@@ -90,7 +91,11 @@ def store_cluster(
 
 
 @contextmanager
-def running_cluster(url: str, processors: Any, tmp_path: Path) -> Iterator[StoreCluster]:
+def running_cluster(
+    url: str, processors: Any, tmp_path: Path, clock_ahead: dict[int, float] | None = None
+) -> Iterator[StoreCluster]:
+    """Three replicas and HAProxy; `clock_ahead` sets replica N's wall clock that many
+    seconds ahead, under libfaketime."""
     haproxy = shutil.which("haproxy")
     if haproxy is None:
         pytest.skip("haproxy is not installed (apt-get install haproxy)")
@@ -105,7 +110,16 @@ def running_cluster(url: str, processors: Any, tmp_path: Path) -> Iterator[Store
         port = free_port()
         args = ["-m", "rinha", "serve", "--host", host, "--port", str(port)]
         args += ["--journal", str(journal), *OPTIONS]
-        process = Process(args, port, env, host=host).start("/payments-summary")
+        process = Process(args, port, env, host=host)
+        ahead = (clock_ahead or {}).get(index)
+        if ahead is not None:
+            faketime = shutil.which("faketime")
+            if faketime is None:
+                pytest.skip("faketime is not installed (apt-get install faketime)")
+            process.program = faketime
+            process.args = ["-f", f"+{ahead}s", sys.executable, *args]
+            process.env = {**env, "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
+        process.start("/payments-summary")
         replicas.append(Replica(process, journal))
     port, stats_port = free_port(), free_port()
     balancer_env = {
@@ -418,4 +432,42 @@ def test_a_replica_taken_over_hands_over_what_it_answered_202_for(
         victim.process.popen.send_signal(signal.SIGCONT)
         assert victim.process.popen.wait(30) == 3  # it saw its lease dead
         settled(cluster.replicas[:2], fresh_processors)
+        assert_processed_once(ids, fresh_processors)
+
+
+def test_a_replica_whose_clock_is_ahead_marks_no_live_replica_dead(
+    mongo_url: str,  # noqa: F811 (the fixture imported above)
+    fresh_processors: Any,
+    tmp_path: Path,
+) -> None:
+    """(issue 22, H11) Leases are set and compared by the store's clock: a host whose clock is
+    ahead by more than a lease saw every other lease expired at each renewal."""
+    url = with_database(mongo_url, f"clock_{uuid.uuid4().hex[:12]}")
+    with running_cluster(url, fresh_processors, tmp_path, clock_ahead={3: 4.0}) as cluster:
+        time.sleep(LEASE_SECONDS + 1)  # renewals enough to have marked the others dead
+        leases = list(cluster.database["cluster"].find({"_id": {"$regex": "^replica:"}}))
+        assert len(leases) == 3 and not any(lease.get("dead") for lease in leases), leases
+        for replica in cluster.replicas:
+            assert replica.process.popen is not None
+            assert replica.process.popen.poll() is None, "a replica exited"
+
+
+def test_a_purge_through_a_replica_whose_clock_is_ahead_forgets_nothing_newer(
+    mongo_url: str,  # noqa: F811 (the fixture imported above)
+    fresh_processors: Any,
+    tmp_path: Path,
+) -> None:
+    """(issue 22, H10) A purge's moment and the acceptances it is compared with are in the
+    store's clock: through a replica 2 s ahead, a purge forgot the payments that another
+    accepted right after it."""
+    url = with_database(mongo_url, f"clock_{uuid.uuid4().hex[:12]}")
+    with running_cluster(url, fresh_processors, tmp_path, clock_ahead={1: 2.0}) as cluster:
+        ahead, behind = cluster.replicas[0], cluster.replicas[1]
+        assert ahead.call("POST", "/purge-payments").status == 200
+        ids = {str(uuid.uuid4()) for _ in range(5)}
+        for correlation_id in ids:
+            body = {"correlationId": correlation_id, "amount": 19.90}
+            assert behind.call("POST", "/payments", body).status == 202
+        theirs = settled(cluster.replicas, fresh_processors)
+        assert theirs["default"]["totalRequests"] == 5
         assert_processed_once(ids, fresh_processors)

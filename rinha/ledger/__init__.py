@@ -49,7 +49,8 @@ class Ledger(Protocol):
 
     async def summary(self, from_ms: int | None, to_ms: int | None) -> Summary: ...
 
-    async def purge(self) -> None:
-        """Forget every record, stored ones included."""
+    async def purge(self) -> int:
+        """Forget every record of a payment accepted up to now, stored ones included; the
+        purge's moment."""
 
     async def close(self) -> None: ...

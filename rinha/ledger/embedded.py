@@ -118,8 +118,10 @@ class EmbeddedLedger:
         for series in self._series.values():
             series.forget(up_to_ms)
 
-    async def purge(self) -> None:
-        self.forget(now_ms())
+    async def purge(self) -> int:
+        at_ms = now_ms()
+        self.forget(at_ms)
+        return at_ms
 
     async def close(self) -> None:
         pass

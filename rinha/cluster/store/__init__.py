@@ -129,6 +129,8 @@ class StoreCluster(Cluster):
             # The store is out of reach, or this replica stalled: others may be taking over
             # what it holds, and it exits once it finds its lease dead.
             raise ClusterUnavailable(LEASE_LAPSED, "this replica's lease has lapsed")
+        # In the store's clock, as every purge's moment is: hosts' clocks may differ.
+        payment.accepted_ms += self._lease.clock_offset_ms
         super().accept(payment)
         self._claims.claim(payment)
 
@@ -148,8 +150,7 @@ class StoreCluster(Cluster):
         """Every replica forgets what it accepted up to now: this one at once, the others at
         their next renewal."""
         try:
-            await self._ledger.purge()
-            self._forget(await self._ledger.purged_at_ms())
+            self._forget(await self._ledger.purge())
         except (LedgerUnavailable, PyMongoError) as error:
             raise ClusterUnavailable(STORE_UNAVAILABLE, str(error)) from error
 

@@ -22,6 +22,7 @@ import os
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+from pymongo import ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import PyMongoError
 
@@ -49,6 +50,9 @@ REPLICA_PREFIX = "replica:"
 TAKEN_OVER = 3
 
 Document = dict[str, Any]
+# The store's clock, in epoch milliseconds, inside an update pipeline.
+STORE_NOW = {"$toLong": "$$NOW"}
+RENEWED = [{"$set": {"expiresMs": {"$add": [STORE_NOW, LEASE_MS]}}}]
 
 
 class Lease:
@@ -75,12 +79,13 @@ class Lease:
         self._poller: asyncio.Task[None] | None = None
         self._health_at_ms = 0
         self._back_at = float("-inf")  # when its lease was renewed after it had lapsed
+        # The store's clock less this host's, as of the last renewal (within half its round
+        # trip).
+        self.clock_offset_ms = 0
 
     async def join(self) -> None:
         """Take this run's lease and make sure the poller's exists."""
-        await self._leases.update_one(
-            {"_id": self._name}, {"$set": self._lease(now_ms())}, upsert=True
-        )
+        await self._leases.update_one({"_id": self._name}, RENEWED, upsert=True)
         await self._leases.update_one(
             {"_id": POLLER_ID}, {"$setOnInsert": {"expiresMs": 0}}, upsert=True
         )
@@ -102,16 +107,15 @@ class Lease:
         finally:
             self._hold_poller(False)
 
-    def _lease(self, at_ms: int) -> Document:
-        return {"_id": self._name, "expiresMs": at_ms + LEASE_MS}
-
     async def _renew(self) -> None:
         started = self._loop.time()
-        at_ms = now_ms()
-        renewed = await self._leases.update_one(
-            {"_id": self._name, "dead": {"$ne": True}}, {"$set": self._lease(at_ms)}
+        sent_ms = now_ms()
+        renewed = await self._leases.find_one_and_update(
+            {"_id": self._name, "dead": {"$ne": True}},
+            RENEWED,
+            return_document=ReturnDocument.AFTER,
         )
-        if not renewed.matched_count:
+        if renewed is None:
             log.critical("this replica's lease was taken over: its payments are another's now")
             await self._taken_over()
             os._exit(TAKEN_OVER)
@@ -119,6 +123,10 @@ class Lease:
         # one lease before it takes any of them over.
         if started >= self._dispatcher.send_until:
             self._back_at = started
+        # The store's clock: every lease is set and compared in it, so that a host whose clock
+        # is off marks no live replica dead, and its acceptances are stamped in it too.
+        at_ms = renewed["expiresMs"] - LEASE_MS
+        self.clock_offset_ms = at_ms - (sent_ms + now_ms()) // 2
         holder = await self._leases.update_one(
             {"_id": POLLER_ID, "$or": [{"holder": self._name}, {"expiresMs": {"$lt": at_ms}}]},
             {"$set": {"holder": self._name, "expiresMs": at_ms + LEASE_MS}},
@@ -157,7 +165,7 @@ class Lease:
             self._poller = None
 
     async def _publish(self, reports: dict[str, HealthReport]) -> None:
-        at_ms = now_ms()
+        at_ms = now_ms() + self.clock_offset_ms
         for name, report in reports.items():
             self._dispatcher.apply_health(name, report)
         self._health_at_ms = at_ms

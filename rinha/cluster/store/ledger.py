@@ -37,10 +37,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from bson.datetime_ms import DatetimeMS
-from pymongo import ASCENDING, AsyncMongoClient
+from pymongo import ASCENDING, AsyncMongoClient, ReturnDocument
 from pymongo.errors import BulkWriteError, PyMongoError
 
-from rinha.clock import now_ms
 from rinha.cluster.store.batches import FIRST_RETRY_DELAY, MAX_RETRY_DELAY, BatchWriter
 from rinha.ledger import LedgerUnavailable, Summary, Totals, empty_summary
 
@@ -147,15 +146,21 @@ class MongoLedger:
         # Before any purge: every payment counts, one from a journal without accepted_ms too.
         return -1 if purge is None else int(purge["atMs"])
 
-    async def purge(self) -> None:
+    async def purge(self) -> int:
         """Forget every payment accepted up to now, on every replica: stored, not yet written,
-        and claimed. A batch being written finishes first and is deleted with the rest."""
-        at_ms = now_ms()
+        and claimed. A batch being written finishes first and is deleted with the rest. The
+        purge's moment, by the store's clock."""
         async with self._confirmations.paused(), self._claim_ends.paused():
             try:
-                await self._cluster.update_one(
-                    {"_id": PURGE_ID}, {"$max": {"atMs": at_ms}}, upsert=True
+                # The store's clock: acceptances are stamped in it (rinha/cluster/store/lease.py).
+                marker = await self._cluster.find_one_and_update(
+                    {"_id": PURGE_ID},
+                    [{"$set": {"atMs": {"$max": ["$atMs", {"$toLong": "$$NOW"}]}}}],
+                    upsert=True,
+                    return_document=ReturnDocument.AFTER,
                 )
+                assert marker is not None  # upserted, and returned as it is after
+                at_ms = int(marker["atMs"])
                 self._confirmations.forget(lambda doc: doc["acceptedMs"] > at_ms)
                 self._claim_ends.forget(lambda end: end[1] > at_ms)
                 forgotten = {"acceptedMs": {"$lte": at_ms}}
@@ -163,6 +168,7 @@ class MongoLedger:
                 await self._claims.delete_many(forgotten)
             except PyMongoError as error:
                 raise LedgerUnavailable(f"purge failed: {error}") from error
+        return at_ms
 
     async def close(self) -> None:
         """Stop the writers, write what is unwritten unless a write fails, and disconnect."""
