@@ -16,11 +16,7 @@ from typing import Any
 
 from tests.processes import call
 from tests.service_fixtures import Service, StackUnderTest
-
-
-def iso(moment: datetime) -> str:
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
-
+from tests.test_audit import iso
 
 CLIENT_TIMEOUT = 1.5  # the official test's
 

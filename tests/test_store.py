@@ -19,13 +19,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import aiohttp
 import pymongo
 import pytest
 
 from tests.processes import Process, Reply, call, free_port
-from tests.test_audit import ADMIN, AUDIT_LAG, audit_once
+from tests.test_audit import ADMIN, AUDIT_LAG, audit_once, iso
 from tests.test_ledger_contract import (  # noqa: F401 (fixtures)
     StandIn,
     mongo_url,
@@ -471,3 +472,34 @@ def test_a_purge_through_a_replica_whose_clock_is_ahead_forgets_nothing_newer(
         theirs = settled(cluster.replicas, fresh_processors)
         assert theirs["default"]["totalRequests"] == 5
         assert_processed_once(ids, fresh_processors)
+
+
+@pytest.mark.parametrize("fault", [signal.SIGKILL, signal.SIGSTOP])
+def test_every_audit_is_exact_while_a_replica_dies_or_stalls(
+    store_cluster: StoreCluster, fresh_processors: Any, fault: signal.Signals
+) -> None:
+    """(issue 22, H4 and H5) The processors store what a replica had in flight when it died
+    or stalled; its lease outlives the audit's 2 s lag, so the others count what the
+    processors stored of its payments before they take it over."""
+    victim = store_cluster.replicas[2]
+    survivor = store_cluster.replicas[0]
+    assert victim.process.popen is not None
+    start = datetime.now(UTC) - timedelta(seconds=1)
+    fresh_processors.default.set_delay(300)
+    for _ in range(20):
+        body = {"correlationId": str(uuid.uuid4()), "amount": 19.90}
+        assert victim.call("POST", "/payments", body).status == 202
+    time.sleep(0.15)  # claimed and on their way
+    victim.process.popen.send_signal(fault)
+    try:
+        deadline = time.monotonic() + 6
+        while time.monotonic() < deadline:
+            window = {"from": iso(start), "to": iso(datetime.now(UTC) - AUDIT_LAG)}
+            ours = survivor.call("GET", "/payments-summary?" + urlencode(window)).json()
+            theirs = fresh_processors.default.summary(window["from"], window["to"])
+            assert ours["default"]["totalRequests"] == theirs["totalRequests"], (ours, theirs)
+            time.sleep(0.2)
+    finally:
+        victim.process.popen.send_signal(signal.SIGCONT)
+        victim.process.popen.kill()
+    settled(store_cluster.replicas[:2], fresh_processors)

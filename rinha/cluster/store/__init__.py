@@ -22,10 +22,11 @@ import logging
 import math
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pymongo.errors import PyMongoError
 
+from rinha.clock import now_ms
 from rinha.cluster import Cluster, ClusterUnavailable
 from rinha.cluster.store.claims import Claims
 from rinha.cluster.store.lease import REPLICA_PREFIX, Lease
@@ -34,9 +35,9 @@ from rinha.cluster.store.takeover import Takeover
 from rinha.config import SharedStore
 from rinha.http import response
 from rinha.journal import Journal, NoJournal, Recovered
-from rinha.ledger import LedgerUnavailable, Summary
+from rinha.ledger import LedgerUnavailable, Summary, Totals
 from rinha.payments import Payment
-from rinha.processor_client import ProcessorClient
+from rinha.processor_client import Outcome, ProcessorClient
 
 if TYPE_CHECKING:
     from rinha.dispatcher import Dispatcher
@@ -45,10 +46,17 @@ log = logging.getLogger("rinha")
 
 LEASE_LAPSED = response(503, b'{"error":"cannot keep the payment now, retry later"}')
 STORE_UNAVAILABLE = response(503, b'{"error":"the ledger store did not answer; totals unknown"}')
+SILENT_UNSETTLED = response(
+    503, b'{"error":"a silent replica\'s payment cannot be looked up; totals unknown"}'
+)
+# A replica whose lease has gone unrenewed this long (it renews every 0.5 s) is silent: a
+# summary looks its payments up on the processors.
+SILENT_MS = 1000
 # Before the first purge.
 NEVER_PURGED = -1
 
 T = TypeVar("T")
+Document = dict[str, Any]
 
 
 class StoreCluster(Cluster):
@@ -136,15 +144,46 @@ class StoreCluster(Cluster):
 
     async def summary(self, from_ms: int | None, to_ms: int | None) -> Summary:
         """The store's confirmed payments and owned claims, plus this replica's own payments
-        whose claims are on their way."""
+        whose claims are on their way.
+
+        A replica whose lease has gone unrenewed for SILENT_MS is stalled, or dead and not
+        taken over yet (a lease lasts 3 s, longer than an audit's 2 s lag): the processors
+        may have stored its payments meanwhile. Each claim it owns, or that another took over
+        from a dead one and is still looking up, counts as the processors have it, looked up
+        on both, and not as the store may have it recorded by now: the two reads are not one
+        moment."""
         try:
             purged_at_ms = await self._ledger.purged_at_ms()
+            store_now = now_ms() + self._lease.clock_offset_ms
+            silent = await self._lease.silent_since(store_now - SILENT_MS)
+            unsettled = [doc async for doc in self._claims.unsettled(silent, purged_at_ms)]
+            ids = [doc["_id"] for doc in unsettled]
             pending = await self._claims.pending(purged_at_ms)
-            totals = await self._ledger.confirmed(from_ms, to_ms, purged_at_ms)
+            totals = await self._ledger.confirmed(from_ms, to_ms, purged_at_ms, excluded=ids)
         except (LedgerUnavailable, PyMongoError) as error:
             raise ClusterUnavailable(STORE_UNAVAILABLE, str(error)) from error
         totals["pending"] = pending
+        if unsettled:
+            await self._count_as_looked_up(totals, unsettled, from_ms, to_ms)
         return totals
+
+    async def _count_as_looked_up(
+        self, totals: Summary, claims: list[Document], from_ms: int | None, to_ms: int | None
+    ) -> None:
+        names = list(self._clients)
+        found = await asyncio.gather(
+            *(self._clients[name].lookup(doc["_id"]) for doc in claims for name in names)
+        )
+        for index, doc in enumerate(claims):
+            for name, stored in zip(names, found[index * len(names) : (index + 1) * len(names)]):
+                if isinstance(stored, Outcome):
+                    raise ClusterUnavailable(SILENT_UNSETTLED, f"{doc['_id']} on {name}")
+                if stored is None:
+                    continue
+                totals["pending"] = totals["pending"] - Totals(1, doc["cents"])
+                at = stored.requested_at_ms
+                if (from_ms is None or from_ms <= at) and (to_ms is None or at <= to_ms):
+                    totals[name] = totals[name] + Totals(1, stored.cents)
 
     async def purge(self) -> None:
         """Every replica forgets what it accepted up to now: this one at once, the others at

@@ -15,6 +15,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.asynchronous.cursor import AsyncCursor
 from pymongo.errors import BulkWriteError, PyMongoError
 
 from rinha.cluster.store.batches import BatchWriter
@@ -73,6 +74,16 @@ class Claims:
         except PyMongoError as error:
             raise LedgerUnavailable(f"summary failed: {error}") from error
         return pending
+
+    def unsettled(self, silent: list[str], purged_at_ms: int) -> AsyncCursor[Document]:
+        """The claims of pending payments the `silent` replicas own, or that were taken over
+        from a dead one (rinha/cluster/store/takeover.py), accepted after the last purge."""
+        owners = [
+            {"owner": {"$in": silent}},
+            {"owner": {"$exists": True}, "takenFrom": {"$exists": True}},
+        ]
+        query = {"$or": owners, "acceptedMs": {"$gt": purged_at_ms}}
+        return self.collection.find(query, {"cents": 1})
 
     async def write_forever(self) -> None:
         await self._writer.write_forever()

@@ -90,6 +90,15 @@ class Lease:
             {"_id": POLLER_ID}, {"$setOnInsert": {"expiresMs": 0}}, upsert=True
         )
 
+    async def silent_since(self, renewed_before_ms: int) -> list[str]:
+        """The other replicas whose leases were last renewed before `renewed_before_ms`
+        (the store's clock)."""
+        query = {
+            "_id": {"$regex": f"^{REPLICA_PREFIX}", "$ne": self._name},
+            "expiresMs": {"$lt": renewed_before_ms + LEASE_MS},
+        }
+        return [doc["_id"] async for doc in self._leases.find(query, {"_id": 1})]
+
     async def renew(self) -> None:
         """Renew once; raises PyMongoError when the store does not answer."""
         await self._renew()

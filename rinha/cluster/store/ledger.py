@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from bson.datetime_ms import DatetimeMS
@@ -119,15 +119,26 @@ class MongoLedger:
         return await self.confirmed(from_ms, to_ms, purged_at_ms)
 
     async def confirmed(
-        self, from_ms: int | None, to_ms: int | None, purged_at_ms: int
+        self,
+        from_ms: int | None,
+        to_ms: int | None,
+        purged_at_ms: int,
+        excluded: Sequence[str] = (),
     ) -> Summary:
-        """The payments accepted after `purged_at_ms` and confirmed in the window."""
+        """The payments accepted after `purged_at_ms` and confirmed in the window, but for
+        the `excluded` ids."""
         window = {
             "$gte": LOWEST_MS if from_ms is None else from_ms,
             "$lte": HIGHEST_MS if to_ms is None else to_ms,
         }
         pipeline: list[Document] = [
-            {"$match": {"requestedAtMs": window, "acceptedMs": {"$gt": purged_at_ms}}},
+            {
+                "$match": {
+                    "requestedAtMs": window,
+                    "acceptedMs": {"$gt": purged_at_ms},
+                    **({"_id": {"$nin": list(excluded)}} if excluded else {}),
+                }
+            },
             {"$group": {"_id": "$processor", "count": {"$sum": 1}, "cents": {"$sum": "$cents"}}},
         ]
         try:
