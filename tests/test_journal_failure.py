@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from rinha.config import DispatchSettings
-from rinha.dispatcher import Dispatcher
+from rinha.delivery import Dispatcher
 from rinha.journal import Journal, read_journal
 from rinha.ledger.embedded import EmbeddedLedger
 from rinha.payments import Payment
