@@ -6,8 +6,8 @@ send, or a re-send of the identical body) and what a lookup (`GET /payments/{id}
 move is in `TRANSITIONS` below, and an event missing there is our bug. Its states:
 
 - FRESH: no attempt of ours may be stored anywhere. Its one attempt goes where the scheduler
-  chose, stamped with a requestedAt (below). Should the send window close before the attempt
-  leaves, the delivery ends here and the payment waits in line again.
+  chose, stamped with a requestedAt (below). Should the send window close, or anything fail,
+  before the attempt leaves, the delivery ends here and the payment waits in line again.
 - UNSETTLED: an attempt went unanswered (timeout, reset) and may have been stored. The payment
   stays on that processor, looked up and re-sent with the identical body until one of them
   settles it: found means stored as the lookup shows it, a 200 stored as sent (a 422 only says
@@ -46,7 +46,8 @@ our summaries at once; a payment the processor stores after its requestedAt has 
 window can be counted there before our record of it exists. A processor stores a payment only
 after its delay (SPEC.md §3), even one that arrived while it was failing and was fixed during
 the wait, so the stamp is pushed past the delay, plus a margin for a delay raised since the
-last health report (README: the final's worst such rise leaves 203 ms with the default 100).
+last health report (docs/design.md: the final's worst such rise leaves 203 ms with the
+default 100).
 """
 
 from __future__ import annotations
@@ -170,7 +171,7 @@ class SettleProtocol:
 
     async def deliver(self, payment: Payment, name: str, probe: bool) -> State:
         """Carry a payment from the line on `name` (its own processor when it is unsettled)
-        to an end, or FRESH when the send window closed before its attempt left."""
+        to an end, or FRESH when no attempt of it left."""
         state = State.FRESH if payment.unsettled_on is None else State.UNSETTLED
         return await self._carry(payment, state, name, probe)
 
@@ -186,9 +187,9 @@ class SettleProtocol:
                 log.exception("delivering %s failed; trying again", payment.correlation_id)
                 await asyncio.sleep(_AFTER_ERROR)
                 if state is not State.ADOPTED:
-                    # No attempt may have left: back in line. Else settle where it may have.
-                    unsent = payment.unsettled_on is None
-                    state = State.REFUSED if unsent else State.UNSETTLED
+                    if payment.unsettled_on is None:
+                        return State.FRESH  # no attempt may have left: back in line
+                    state = State.UNSETTLED
 
     async def _run(self, payment: Payment, state: State, name: str, probe: bool) -> State:
         if state is State.FRESH:
@@ -200,18 +201,12 @@ class SettleProtocol:
         return state
 
     async def _attempt(self, payment: Payment, name: str, probe: bool) -> State:
+        """The fresh attempt on `name`, unless the send window closed since the pass."""
         health = self._health[name]
-        if self._loop.time() >= self._scheduler.send_until:  # the lease lapsed since the pass
-            if probe:
-                health.end_probe()
-            return State.FRESH
         try:
-            requested_at = now_ms() + health.min_response_ms + self._settings.stamp_ahead_ms
-            payment.requested_at_ms = requested_at
-            self._journal.sent(payment, name, requested_at)
-            payment.unsettled_on = name
-            payment.unsettled_since = self._loop.time()
-            outcome = await self._clients[name].send(payment.body(format_ms(requested_at)))
+            if self._loop.time() >= self._scheduler.send_until:  # the lease lapsed since the pass
+                return State.FRESH
+            outcome = await self._send_fresh(payment, name)
         finally:
             if probe:
                 health.end_probe()
@@ -223,6 +218,18 @@ class SettleProtocol:
         if outcome is Outcome.CONFIRMED:
             health.confirmed(self._loop.time())
         return TRANSITIONS[State.FRESH][outcome]
+
+    async def _send_fresh(self, payment: Payment, name: str) -> Outcome:
+        """Stamp the payment, journal the attempt, and send it: from here on it may be stored
+        on `name`."""
+        requested_at = (
+            now_ms() + self._health[name].min_response_ms + self._settings.stamp_ahead_ms
+        )
+        payment.requested_at_ms = requested_at
+        self._journal.sent(payment, name, requested_at)
+        payment.unsettled_on = name
+        payment.unsettled_since = self._loop.time()
+        return await self._clients[name].send(payment.body(format_ms(requested_at)))
 
     async def _settle_counted(self, payment: Payment) -> State:
         """`_settle` from UNSETTLED, counted for the metrics."""
