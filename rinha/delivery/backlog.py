@@ -32,6 +32,7 @@ class Backlog:
         self, capacity: int, processors: Iterable[str], returned: Callable[[], None]
     ) -> None:
         self.line: RingBuffer[Payment] = RingBuffer(capacity)
+        self.capacity = capacity  # read on every POST: a plain int, not the buffer's property
         self.slots: dict[str, dict[Payment, float]] = {name: {} for name in processors}
         self._aside: dict[Payment, asyncio.TimerHandle] = {}
         self._adopted: set[Payment] = set()
@@ -42,11 +43,11 @@ class Backlog:
 
     @property
     def full(self) -> bool:
-        return self.count >= self.line.capacity
+        return self.count >= self.capacity
 
     @property
     def room(self) -> int:
-        return self.line.capacity - self.count
+        return self.capacity - self.count
 
     @property
     def held_count(self) -> int:

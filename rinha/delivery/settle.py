@@ -79,7 +79,7 @@ class State(enum.Enum):
 
 class Lookup(enum.Enum):
     FOUND = "found"  # a processor asked has it
-    NOT_STORED = "not stored"  # none asked has it, and no attempt that could be is left
+    NOT_STORED = "not stored"  # none asked has it, and no attempt of ours can still reach one
     UNSURE = "unsure"  # a processor could not say, or an attempt may still be stored
 
 
@@ -125,7 +125,7 @@ log = logging.getLogger("rinha")
 
 
 class ProcessorCounts:
-    """What the deliveries did with one processor since start. Plain ints, counted where each
+    """What the dispatcher did with one processor since start. Plain ints, counted where each
     event already happens; the metrics read them at scrape time."""
 
     __slots__ = (
