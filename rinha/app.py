@@ -11,7 +11,7 @@ from urllib.parse import parse_qsl
 
 from rinha.clock import parse_us
 from rinha.cluster import Cluster, ClusterUnavailable
-from rinha.dispatcher import Dispatcher
+from rinha.delivery import Dispatcher
 from rinha.http import Answer, Request, response
 from rinha.ledger import Summary
 from rinha.payments import BadInput, format_cents, parse_payment

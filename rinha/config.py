@@ -15,7 +15,7 @@ STORE_SCHEMES = ("mongodb://", "mongodb+srv://")
 
 @dataclass(frozen=True, slots=True)
 class DispatchSettings:
-    """How accepted payments travel to the processors (rinha/dispatcher.py)."""
+    """How accepted payments travel to the processors (rinha/delivery/)."""
 
     buffer_capacity: int
     max_send_rate: float

@@ -26,7 +26,7 @@ from prometheus_client.metrics_core import (
 )
 
 from rinha.app import METHOD_NOT_ALLOWED, NOT_FOUND, App
-from rinha.dispatcher import Dispatcher
+from rinha.delivery import Dispatcher
 from rinha.http import Answer, HttpServer, Request, response
 from rinha.journal import Journal, NoJournal
 from rinha.processor_client import ProcessorClient

@@ -11,7 +11,7 @@ import signal
 from rinha.app import App
 from rinha.cluster import open_cluster
 from rinha.config import ServiceConfig
-from rinha.dispatcher import Dispatcher
+from rinha.delivery import Dispatcher
 from rinha.http import HttpServer
 from rinha.journal import Journal, NoJournal
 from rinha.processor_client import ProcessorClient

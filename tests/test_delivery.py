@@ -1,4 +1,4 @@
-"""The dispatcher's rules against real processors (rinha/dispatcher.py; SPEC.md §3, §4):
+"""The dispatcher's rules against real processors (rinha/delivery/; SPEC.md §3, §4):
 prefer the default, route around failures, settle unanswered attempts on the processor that
 may have stored them, record only what a processor confirmed, never lose a payment."""
 
@@ -54,7 +54,7 @@ def test_requested_at_is_stamped_past_the_announced_delay(
     service_factory: Callable[..., Service], fresh_processors: Any
 ) -> None:
     # The processor stores a payment only after its delay; stamped at the send time, it would
-    # enter the audit's window before both sides had it (rinha/dispatcher.py).
+    # enter the audit's window before both sides had it (rinha/delivery/settle.py).
     fresh_processors.default.set_delay(500)
     service = service_factory("--stamp-ahead-ms", "0")
     time.sleep(1)  # a few health reports: the delay is known

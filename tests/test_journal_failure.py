@@ -1,5 +1,5 @@
 """The journal's disk failing. A write cut short (a full disk) is refused whole, never left
-torn. Under the dispatcher (rinha/dispatcher.py), a failing journal delays a payment: its delivery
+torn. Under the dispatcher (rinha/delivery/), a failing journal delays a payment: its delivery
 survives, the payment stays pending, and once the disk is back it is recorded exactly once on
 the processor that stored it.
 
@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from rinha.config import DispatchSettings
-from rinha.dispatcher import Dispatcher
+from rinha.delivery import Dispatcher
 from rinha.journal import Journal, read_journal
 from rinha.ledger.embedded import EmbeddedLedger
 from rinha.payments import Payment

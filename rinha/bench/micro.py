@@ -31,7 +31,7 @@ from rinha.clock import now_ms
 from rinha.cluster import Cluster
 from rinha.cluster.host import HostCluster
 from rinha.config import DispatchSettings, OneHost
-from rinha.dispatcher import Dispatcher
+from rinha.delivery import Dispatcher
 from rinha.http import HttpConnection, HttpServer
 from rinha.journal import Journal, NoJournal
 from rinha.ledger.embedded import EmbeddedLedger

@@ -34,7 +34,7 @@ from rinha.payments import Payment
 from rinha.processor_client import HealthReport, ProcessorClient
 
 if TYPE_CHECKING:
-    from rinha.dispatcher import Dispatcher
+    from rinha.delivery import Dispatcher
 
 
 class ClusterUnavailable(Exception):

@@ -40,7 +40,7 @@ from rinha.ledger.embedded import EmbeddedLedger
 from rinha.processor_client import HealthReport, Outcome, ProcessorClient
 
 if TYPE_CHECKING:
-    from rinha.dispatcher import Dispatcher
+    from rinha.delivery import Dispatcher
 
 log = logging.getLogger("rinha")
 

@@ -40,7 +40,7 @@ from rinha.payments import Payment
 from rinha.processor_client import Outcome, ProcessorClient
 
 if TYPE_CHECKING:
-    from rinha.dispatcher import Dispatcher
+    from rinha.delivery import Dispatcher
 
 log = logging.getLogger("rinha")
 

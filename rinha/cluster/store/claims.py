@@ -24,7 +24,7 @@ from rinha.ledger import LedgerUnavailable, Totals
 from rinha.payments import Ownership, Payment
 
 if TYPE_CHECKING:
-    from rinha.dispatcher import Dispatcher
+    from rinha.delivery import Dispatcher
 
 log = logging.getLogger("rinha")
 

@@ -33,7 +33,7 @@ from rinha.cluster.store.takeover import Takeover
 from rinha.processor_client import HealthReport, ProcessorClient
 
 if TYPE_CHECKING:
-    from rinha.dispatcher import Dispatcher
+    from rinha.delivery import Dispatcher
 
 log = logging.getLogger("rinha")
 

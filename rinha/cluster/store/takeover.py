@@ -23,7 +23,7 @@ from rinha.cluster.store.claims import owned_since
 from rinha.payments import Payment
 
 if TYPE_CHECKING:
-    from rinha.dispatcher import Dispatcher
+    from rinha.delivery import Dispatcher
 
 # A dead lease that owns nothing is deleted this long after it expired.
 FORGET_DEAD_AFTER_MS = 60_000
