@@ -1,49 +1,45 @@
 """compose.yaml under a real Docker engine, as the contest runs it (SPEC.md §5).
 
-The image is built from the Containerfile; the two processors (the project's emulator, from the
-same image) run as containers under the contest's names on the external network
-`payment-processor`, which the test makes; then the stack is `up` and everything goes through
-port 9999. The containers stay on bridge networks of the test's own making, and the test removes
-all it started, on failure too.
+rinha/bench/compose.py starts it as the bench's `--compose` does: the image built from the
+Containerfile, the two processors (the project's emulator, from the same image) as containers
+under the contest's names on the external network `payment-processor`, which it makes, then the
+stack `up`; everything goes through port 9999. The containers stay on bridge networks of the
+test's own making, and the test removes all it started, on failure too.
 
 Where Docker Hub cannot be reached, the Containerfile's base and HAProxy's image are the local
 STAND-INS that tests/prepare builds under the official names (label rinha.stand-in); the contest
 pulls the real ones. Needs root (the crash is a SIGKILL from the host), Debian's docker.io client
-(/usr/bin/docker: it builds with BuildKit, which the Containerfile's build secret needs) and
-Compose v1 or v2. Without an engine the test skips, saying why; with CI=true it fails instead,
+and Compose v1 or v2. Without an engine the test skips, saying why; with CI=true it fails instead,
 so that CI never passes without having run it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
-import shutil
 import signal
 import subprocess
 import time
 from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
-from typing import Any
 
 import pytest
 
+from rinha.bench.compose import (
+    DOCKER,
+    PROCESSOR_NAMES,
+    PUBLIC_PORT,
+    ComposeStack,
+    build_image,
+    docker,
+)
+from rinha.stack import FEES
 from tests.conftest import EmulatedProcessor, Processors
-from tests.processes import Process, call, free_port
+from tests.processes import Process, free_port
 from tests.service_fixtures import Service
 from tests.test_audit import run_burst
-from tests.test_deployment_files import COMPOSE_FILES, limits, services
+from tests.test_deployment_files import limits, services
 
-ROOT = Path(__file__).resolve().parent.parent
-DOCKER = "/usr/bin/docker"
-# Debian's CA bundle, handed to pip in the build as a secret where PyPI's certificate is
-# re-signed by a proxy (Containerfile).
-HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
-PROCESSORS_NETWORK = "payment-processor"
-PROCESSOR_FEES = {"default": "0.05", "fallback": "0.15"}  # the final's (SPEC.md §4)
-PUBLIC_PORT = 9999
 CFS_PERIOD_US = 100_000
 
 
@@ -52,93 +48,6 @@ def unavailable(reason: str) -> None:
     if os.environ.get("CI") == "true":
         pytest.fail(f"CI=true and {reason}", pytrace=False)
     pytest.skip(reason)
-
-
-def compose_command() -> list[str]:
-    if shutil.which("docker-compose"):
-        return ["docker-compose"]  # Compose v1, which Debian 12 packages
-    return [DOCKER, "compose"]
-
-
-def docker(*args: str, check: bool = True) -> str:
-    done = subprocess.run([DOCKER, *args], capture_output=True, text=True, check=False)
-    if check and done.returncode != 0:
-        raise AssertionError(f"docker {' '.join(args)}: {done.stdout}{done.stderr}")
-    return done.stdout.strip()
-
-
-class Deployment:
-    """The stack of compose.yaml as Compose project `project`, with its processors."""
-
-    def __init__(self, project: str) -> None:
-        self.project = project
-        self.compose = [*compose_command(), "-p", project, "-f", str(COMPOSE_FILES["default"])]
-        self.processor_ports = {name: free_port() for name in PROCESSOR_FEES}
-        self.started_processors: list[str] = []
-        self.made_network = False
-
-    def run_compose(self, *args: str) -> str:
-        done = subprocess.run([*self.compose, *args], capture_output=True, text=True, check=False)
-        assert done.returncode == 0, f"compose {' '.join(args)}: {done.stdout}{done.stderr}"
-        return done.stdout.strip()
-
-    def start_processors(self) -> None:
-        docker("network", "create", "--driver", "bridge", PROCESSORS_NETWORK)
-        self.made_network = True
-        for name, fee in PROCESSOR_FEES.items():
-            container = f"payment-processor-{name}"
-            docker(
-                "run", "--detach", "--name", container, "--network", PROCESSORS_NETWORK,
-                "--publish", f"127.0.0.1:{self.processor_ports[name]}:8080",
-                "--entrypoint", "/opt/rinha/bin/python", "rinha:local",
-                "-m", "rinha.processor", "--fee", fee, "--host", "0.0.0.0", "--port", "8080",
-            )  # fmt: skip
-            self.started_processors.append(container)
-        for port in self.processor_ports.values():
-            wait_answering(port, "/payments/service-health")
-
-    def container(self, service: str) -> str:
-        return self.run_compose("ps", "-q", service)
-
-    def inspect(self, service: str) -> dict[str, Any]:
-        return json.loads(docker("inspect", self.container(service)))[0]
-
-    def processors(self) -> Processors:
-        # The emulators as the other tests see them, but run by Docker: Process only gives the
-        # published port.
-        return Processors(
-            *(
-                EmulatedProcessor(Process([], self.processor_ports[name]))
-                for name in PROCESSOR_FEES
-            )
-        )
-
-    def leftovers(self) -> list[str]:
-        label = f"label=com.docker.compose.project={self.project}"
-        return [
-            line
-            for kind in (["ps", "-a"], ["volume", "ls"], ["network", "ls"])
-            for line in docker(*kind, "--quiet", "--filter", label).splitlines()
-        ]
-
-    def remove_all(self) -> None:
-        subprocess.run([*self.compose, "down", "-v"], capture_output=True, check=False)
-        for container in self.started_processors:
-            docker("rm", "--force", container, check=False)
-        if self.made_network:
-            docker("network", "rm", PROCESSORS_NETWORK, check=False)
-
-
-def wait_answering(port: int, path: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if call(port, "GET", path, timeout=1.0).status == 200:
-                return
-        except OSError:
-            pass
-        assert time.monotonic() < deadline, f"nothing answered 200 on {port}{path}"
-        time.sleep(0.1)
 
 
 def check_machine() -> None:
@@ -151,47 +60,39 @@ def check_machine() -> None:
     for image in ("python:3.11.13-slim-bookworm", "haproxy:2.6.17-alpine"):
         if docker("image", "inspect", image, check=False) == "[]":
             unavailable(f"no image {image} (docker pull it, or tests/prepare builds a stand-in)")
-    busy = [
-        name
-        for name in ("payment-processor-default", "payment-processor-fallback")
-        if docker("ps", "-aq", "--filter", f"name=^{name}$")
-    ]
-    if docker("network", "ls", "-q", "--filter", f"name=^{PROCESSORS_NETWORK}$"):
-        busy.append(f"network {PROCESSORS_NETWORK}")
-    assert not busy, f"already there, and the test needs its own: {', '.join(busy)}"
 
 
 @pytest.fixture(scope="module")
-def deployment() -> Iterator[Deployment]:
+def deployment() -> Iterator[ComposeStack]:
     check_machine()
-    build = [DOCKER, "build", "--file", str(ROOT / "Containerfile"), "--tag", "rinha:local"]
-    if HOST_CA_BUNDLE.exists():
-        build += ["--secret", f"id=ca-certificates,src={HOST_CA_BUNDLE}"]
-    built = subprocess.run(
-        [*build, str(ROOT)],
-        env={**os.environ, "DOCKER_BUILDKIT": "1"},
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert built.returncode == 0, built.stdout + built.stderr
-    running = Deployment(f"rinha-test-{os.getpid()}")
+    build_image()
+    ports = (free_port(), free_port())
+    running = ComposeStack(f"rinha-test-{os.getpid()}", FEES["final"], ports)
     try:
-        running.start_processors()
-        running.run_compose("up", "--detach", "--no-build")
-        wait_answering(PUBLIC_PORT, "/payments-summary")
+        running.start()
         yield running
     finally:
-        running.remove_all()
+        running.stop()
+
+
+def emulators(deployment: ComposeStack) -> Processors:
+    """The processors as the other tests see them, but run by Docker: Process only gives the
+    published port."""
+    return Processors(
+        *(
+            EmulatedProcessor(Process([], deployment.processor_ports[name]))
+            for name in PROCESSOR_NAMES
+        )
+    )
 
 
 def test_a_burst_with_a_replica_killed_is_exact_and_the_replica_restarts(
-    deployment: Deployment,
+    deployment: ComposeStack,
 ) -> None:
     # Service only for its port: the stack answers there.
     stack = Service(Process([], PUBLIC_PORT))
-    processors = deployment.processors()
-    killed = deployment.inspect("replica-2")["State"]["Pid"]
+    processors = emulators(deployment)
+    killed = deployment.pid("replica-2")
 
     async def kill_replica() -> None:
         # A crash, not a stop: SIGKILL to the replica's process from outside its container.
@@ -212,7 +113,7 @@ def test_a_burst_with_a_replica_killed_is_exact_and_the_replica_restarts(
     # and every payment answered 202 was processed.
     ours = stack.wait_settled()
     processed = 0
-    for name in PROCESSOR_FEES:
+    for name in PROCESSOR_NAMES:
         theirs = getattr(processors, name).summary()
         for key in ("totalRequests", "totalAmount"):
             assert ours[name][key] == theirs[key], name
@@ -220,7 +121,7 @@ def test_a_burst_with_a_replica_killed_is_exact_and_the_replica_restarts(
     assert processed >= accepted
 
 
-def wait_restarted(deployment: Deployment, service: str, old_pid: int) -> None:
+def wait_restarted(deployment: ComposeStack, service: str, old_pid: int) -> None:
     deadline = time.monotonic() + 30
     while True:
         state = deployment.inspect(service)["State"]
@@ -230,7 +131,7 @@ def wait_restarted(deployment: Deployment, service: str, old_pid: int) -> None:
         time.sleep(0.1)
 
 
-def test_the_containers_run_under_the_compose_file_limits(deployment: Deployment) -> None:
+def test_the_containers_run_under_the_compose_file_limits(deployment: ComposeStack) -> None:
     for name, service in services("default").items():
         cpus, memory_mb = limits(service)
         container = deployment.container(name)
@@ -259,6 +160,6 @@ def cgroup_limits(container: str) -> tuple[int, int]:
     return int(quota), int(memory)
 
 
-def test_down_with_volumes_leaves_nothing(deployment: Deployment) -> None:
+def test_down_with_volumes_leaves_nothing(deployment: ComposeStack) -> None:
     deployment.run_compose("down", "-v")
     assert deployment.leftovers() == []
