@@ -3,11 +3,11 @@
 Strategy: start `python -m rinha up` on the chosen ports (or reuse a running one), optionally with
 HAProxy and the replicas inside cgroup caps (limits.py), or compose.yaml under Docker with its own
 limits (compose.py), and run bench/scenario.js under k6 with a CSV of every request and k6's web
-dashboard on. Meanwhile a thread samples, once per second, what k6 cannot see: our own
-summary (per-processor and pending counts) and each stack process's RSS and CPU from /proc. Then
-the stack stops, and results/<timestamp>/ gets k6's partial-results.json, k6-summary.json,
-metrics.csv and k6-report.html (the dashboard's report), our samples.csv and plot.png; a short table goes to stdout. Nothing here asserts a
-time: the numbers are for people.
+dashboard on. Meanwhile a thread samples, once per second, what k6 cannot see: our own summary
+(per-processor and pending counts) and each stack process's RSS and CPU from /proc. Then the
+stack stops, and results/<timestamp>/ gets k6's partial-results.json, k6-summary.json,
+metrics.csv and k6-report.html (the dashboard's report), our samples.csv and plot.png; a short
+table goes to stdout. Nothing here asserts a time: the numbers are for people.
 """
 
 from __future__ import annotations
@@ -772,7 +772,8 @@ def start_compose(options: BenchOptions, results: Path, cleanup: ExitStack) -> C
         f"rinha-bench-{os.getpid()}", FEES[options.scenario], options.processor_ports
     )
     cleanup.callback(stack.stop)
-    cleanup.callback(lambda: (results / "stack.log").write_text(stack.run_compose("logs")))
+    logs = results / "stack.log"
+    cleanup.callback(lambda: logs.write_text(stack.run_compose("logs", "--no-color")))
     stack.start()
     return stack
 
