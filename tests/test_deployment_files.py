@@ -1,4 +1,5 @@
-"""compose.yaml and Containerfile, checked without a container engine (none runs here).
+"""compose.yaml, compose.mongo.yaml and the Containerfile, checked without a container engine
+(tests/test_deployment.py runs compose.yaml under one).
 
 They must keep the contest's deployment rules (SPEC.md §5) and stay in step with the code they
 start: the replicas' commands are the ones `python -m rinha up` runs (rinha/stack.py, plan();
@@ -6,8 +7,8 @@ with the ledger in MongoDB, but for where each replica listens and keeps its jou
 option and environment variable they use is one the code reads, HAProxy reaches each replica
 where it listens, and the default split of CPU and memory is the table in rinha/bench/cgroups.py.
 
-A *stack* is what one `docker compose up` starts: the services without a profile, or one
-profile's load balancer named on the command line with everything it depends on.
+A *stack* is what one compose file starts: "default" (compose.yaml, the embedded ledger) and
+"mongo" (compose.mongo.yaml, the ledger in MongoDB).
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ from rinha.stack import METRICS_PORTS, Child, StackOptions, plan
 yaml = pytest.importorskip("yaml", reason="PyYAML is not installed (pip install -e '.[test]')")
 
 ROOT = Path(__file__).resolve().parent.parent
-COMPOSE = ROOT / "compose.yaml"
+COMPOSE_FILES = {"default": ROOT / "compose.yaml", "mongo": ROOT / "compose.mongo.yaml"}
+STACKS = sorted(COMPOSE_FILES)
 CONTAINERFILE = ROOT / "Containerfile"
 HAPROXY_CONFIG = ROOT / "haproxy" / "haproxy.cfg"
 
@@ -49,8 +51,12 @@ PROCESSOR_URLS = {
 BYTE_UNITS = {"b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
 
 
-def services() -> dict[str, dict[str, Any]]:
-    return yaml.safe_load(COMPOSE.read_text())["services"]
+def compose_file(stack: str) -> dict[str, Any]:
+    return yaml.safe_load(COMPOSE_FILES[stack].read_text())
+
+
+def services(stack: str) -> dict[str, dict[str, Any]]:
+    return compose_file(stack)["services"]
 
 
 def depends_on(service: dict[str, Any]) -> list[str]:
@@ -58,27 +64,12 @@ def depends_on(service: dict[str, Any]) -> list[str]:
     return list(needs) if isinstance(needs, (list, dict)) else []
 
 
-def stacks() -> dict[str, list[str]]:
-    """Stack name -> its services: "default", and one per profiled service publishing 9999."""
-    found = {"default": [name for name, s in services().items() if not s.get("profiles")]}
-    for name, service in services().items():
-        if service.get("profiles") and PUBLIC_PORT in service.get("ports", []):
-            members, todo = [], [name]
-            while todo:
-                member = todo.pop()
-                if member not in members:
-                    members.append(member)
-                    todo += depends_on(services()[member])
-            found[name] = members
-    return found
-
-
 def is_replica(service: dict[str, Any]) -> bool:
     return "build" in service
 
 
-def replicas(stack: list[str]) -> list[str]:
-    return sorted(name for name in stack if is_replica(services()[name]))
+def replicas(stack: str) -> list[str]:
+    return sorted(name for name, service in services(stack).items() if is_replica(service))
 
 
 def megabytes(text: str) -> float:
@@ -105,71 +96,75 @@ def mounts(service: dict[str, Any]) -> dict[str, str]:
 # The contest's rules
 
 
-def test_there_is_the_default_stack_and_the_mongo_one() -> None:
-    assert sorted(stacks()) == ["default", "haproxy-mongo"]
-
-
-@pytest.mark.parametrize("stack", sorted(stacks()))
+@pytest.mark.parametrize("stack", STACKS)
 def test_every_stack_fits_the_contest_limits(stack: str) -> None:
-    capped = [limits(services()[name]) for name in stacks()[stack]]
+    capped = [limits(service) for service in services(stack).values()]
     assert round(sum(cpus for cpus, _ in capped), 3) <= CPU_LIMIT
     assert sum(memory for _, memory in capped) <= MEMORY_LIMIT_MB
 
 
 def test_the_default_split_is_the_bench_table() -> None:
-    default = stacks()["default"]
+    default = services("default")
     assert sorted(default) == sorted(CONTEST_LIMITS)
     for name, limit in CONTEST_LIMITS.items():
-        assert limits(services()[name]) == (limit.cpus, limit.memory_mb), name
+        assert limits(default[name]) == (limit.cpus, limit.memory_mb), name
 
 
-@pytest.mark.parametrize("stack", sorted(stacks()))
+@pytest.mark.parametrize("stack", STACKS)
 def test_one_load_balancer_on_9999_in_front_of_at_least_two_replicas(stack: str) -> None:
-    members = stacks()[stack]
-    published = [name for name in members if services()[name].get("ports")]
+    published = [name for name, service in services(stack).items() if service.get("ports")]
     assert len(published) == 1
-    assert services()[published[0]]["ports"] == [PUBLIC_PORT]
-    assert len(replicas(members)) >= 2
-    assert sorted(depends_on(services()[published[0]])) == replicas(members)
+    assert services(stack)[published[0]]["ports"] == [PUBLIC_PORT]
+    assert len(replicas(stack)) >= 2
+    assert sorted(depends_on(services(stack)[published[0]])) == replicas(stack)
 
 
-def test_bridge_networks_and_the_external_processor_network() -> None:
-    networks = yaml.safe_load(COMPOSE.read_text())["networks"]
+@pytest.mark.parametrize("stack", STACKS)
+def test_bridge_networks_and_the_external_processor_network(stack: str) -> None:
+    networks = compose_file(stack)["networks"]
     assert networks[PROCESSORS_NETWORK] == {"external": True}
     for name, network in networks.items():
         if name != PROCESSORS_NETWORK:
             assert network["driver"] == "bridge"
-    for name, service in services().items():
+    for name, service in services(stack).items():
         if is_replica(service):
             assert PROCESSORS_NETWORK in service["networks"], name
 
 
-def test_nothing_forbidden() -> None:
-    for name, service in services().items():
+@pytest.mark.parametrize("stack", STACKS)
+def test_nothing_forbidden(stack: str) -> None:
+    for name, service in services(stack).items():
         assert "replicas" not in service.get("deploy", {}), name
         assert "network_mode" not in service, name
         assert not service.get("privileged"), name
         assert service.get("pid") != "host" and service.get("ipc") != "host", name
 
 
-def test_a_profiled_stack_starts_none_of_the_default_services() -> None:
-    for stack, members in stacks().items():
-        if stack != "default":
-            profiles = {tuple(services()[name].get("profiles", ())) for name in members}
-            assert profiles == {("mongo",)}, stack
-    for name in stacks()["default"]:
-        for needed in depends_on(services()[name]):
-            assert not services()[needed].get("profiles"), (name, needed)
+@pytest.mark.parametrize("stack", STACKS)
+def test_compose_v1_reads_the_file(stack: str) -> None:
+    """Compose v1 (Debian 12's docker-compose 1.29) refuses some of what v2 takes, such as a
+    top-level `name:`; it reads a file without a Docker engine."""
+    compose = shutil.which("docker-compose")
+    if compose is None:
+        pytest.skip("Compose v1 is not installed (apt-get install docker-compose)")
+    checked = subprocess.run(
+        [compose, "-f", str(COMPOSE_FILES[stack]), "config", "--quiet"],
+        check=False,
+        capture_output=True,
+        text=True,
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
 
 
-def test_compose_file_matches_the_compose_specification() -> None:
+@pytest.mark.parametrize("stack", STACKS)
+def test_compose_file_matches_the_compose_specification(stack: str) -> None:
     try:
         import check_jsonschema  # noqa: F401
     except ImportError:
         pytest.skip("check-jsonschema is not installed (pip install -e '.[test]')")
     command = [sys.executable, "-m", "check_jsonschema", "--builtin-schema"]
     checked = subprocess.run(
-        [*command, "vendor.compose-spec", str(COMPOSE)],
+        [*command, "vendor.compose-spec", str(COMPOSE_FILES[stack])],
         check=False,
         capture_output=True,
         text=True,
@@ -215,20 +210,20 @@ def serve_options(command: list[str]) -> argparse.Namespace:
 def stack_ledger(stack: str) -> str | None:
     """The RINHA_LEDGER all the stack's replicas share, None for the embedded ledger."""
     (ledger,) = {
-        services()[name]["environment"].get("RINHA_LEDGER") for name in replicas(stacks()[stack])
+        services(stack)[name]["environment"].get("RINHA_LEDGER") for name in replicas(stack)
     }
     return ledger
 
 
-@pytest.mark.parametrize("stack", sorted(stacks()))
+@pytest.mark.parametrize("stack", STACKS)
 def test_replicas_start_as_the_native_stack_starts_them(
     stack: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _, *entrypoint = containerfile_entrypoint()
     ledger = stack_ledger(stack)
-    members = replicas(stacks()[stack])
+    members = replicas(stack)
     for name, native in zip(members, native_replicas(monkeypatch, ledger), strict=True):
-        service = services()[name]
+        service = services(stack)[name]
         _, *native_command = native.command
         if ledger is None:
             # One host, as plan()'s: the same command, Python's path aside.
@@ -247,11 +242,11 @@ def test_replicas_start_as_the_native_stack_starts_them(
         assert set(service["environment"]) - set(native.env) <= {"RINHA_LEDGER"}, name
 
 
-@pytest.mark.parametrize("stack", sorted(stacks()))
+@pytest.mark.parametrize("stack", STACKS)
 def test_replica_settings_are_ones_the_service_reads(stack: str) -> None:
-    members = replicas(stacks()[stack])
+    members = replicas(stack)
     for name in members:
-        service = services()[name]
+        service = services(stack)[name]
         environment = service["environment"]
         # Raises on a bad RINHA_LEDGER, or on cluster options beside one.
         config = service_config(serve_options(service["command"]), environment)
@@ -266,10 +261,10 @@ def test_replica_settings_are_ones_the_service_reads(stack: str) -> None:
             assert isinstance(config.topology, OneHost)
         else:
             ledger = environment["RINHA_LEDGER"]
-            assert ledger.split("//")[1].split(":")[0] in stacks()[stack], ledger
+            assert ledger.split("//")[1].split(":")[0] in services(stack), ledger
     if stack != "default":
         # They share only the store, as on machines of their own.
-        sources = [source for name in members for source in mounts(services()[name]).values()]
+        sources = [source for name in members for source in mounts(services(stack)[name]).values()]
         assert len(sources) == len(set(sources)), sources
 
 
@@ -278,8 +273,7 @@ def variable_is_read(variable: str) -> bool:
 
 
 def load_balancer(stack: str) -> dict[str, Any]:
-    members = stacks()[stack]
-    return services()[next(name for name in members if services()[name].get("ports"))]
+    return next(service for service in services(stack).values() if service.get("ports"))
 
 
 def volume_holding(service: dict[str, Any], path: str) -> str | None:
@@ -288,7 +282,7 @@ def volume_holding(service: dict[str, Any], path: str) -> str | None:
     return mounts(service)[max(targets, key=len)] if targets else None
 
 
-@pytest.mark.parametrize("stack", sorted(stacks()))
+@pytest.mark.parametrize("stack", STACKS)
 def test_haproxy_reaches_every_replica(stack: str) -> None:
     balancer = load_balancer(stack)
     environment = balancer["environment"]
@@ -297,8 +291,8 @@ def test_haproxy_reaches_every_replica(stack: str) -> None:
     config_source = mounts(balancer)["/usr/local/etc/haproxy/haproxy.cfg"]
     assert (ROOT / config_source).resolve() == HAPROXY_CONFIG
     servers = re.findall(r'^\s*server \S+ "\$\{(\w+)\}"', config, re.MULTILINE)
-    for name, variable in zip(replicas(stacks()[stack]), servers, strict=True):
-        service = services()[name]
+    for name, variable in zip(replicas(stack), servers, strict=True):
+        service = services(stack)[name]
         args = serve_options(service["command"])
         address = environment[variable]
         if address.startswith("unix@"):
@@ -313,7 +307,7 @@ def test_haproxy_reaches_every_replica(stack: str) -> None:
             assert args.port and args.host == "0.0.0.0", name
 
 
-@pytest.mark.parametrize("stack", sorted(stacks()))
+@pytest.mark.parametrize("stack", STACKS)
 def test_haproxy_accepts_its_configuration_with_the_stack_environment(stack: str) -> None:
     haproxy = shutil.which("haproxy")
     if haproxy is None:
@@ -322,7 +316,7 @@ def test_haproxy_accepts_its_configuration_with_the_stack_environment(stack: str
     environment = {}
     for variable, value in load_balancer(stack)["environment"].items():
         host, _, port = value.rpartition(":")
-        environment[variable] = f"127.0.0.1:{port}" if host in stacks()[stack] else value
+        environment[variable] = f"127.0.0.1:{port}" if host in services(stack) else value
     checked = subprocess.run(
         [haproxy, "-c", "-f", str(HAPROXY_CONFIG)],
         env=environment,
@@ -378,9 +372,8 @@ def test_the_image_runs_as_the_user_haproxy_runs_as() -> None:
     assert user not in ("root", "0")
     uid = re.search(rf"useradd .*--uid (\d+) .*\b{user}\b", " ".join(instructions(final, "RUN")))
     assert uid is not None
-    for name, service in services().items():
-        if service.get("ports"):
-            assert service["user"] == f"{uid.group(1)}:{uid.group(1)}", name
+    for stack in STACKS:
+        assert load_balancer(stack)["user"] == f"{uid.group(1)}:{uid.group(1)}", stack
 
 
 def test_the_image_installs_exactly_what_setup_cfg_requires() -> None:
@@ -408,6 +401,7 @@ def test_images_are_pinned_to_exact_releases() -> None:
     for stage in containerfile_stages():
         (base,) = (arguments.split()[0] for keyword, arguments in stage if keyword == "FROM")
         assert re.fullmatch(r"python:3\.11\.\d+-slim-\w+(@sha256:[0-9a-f]{64})?", base), base
-    for name, service in services().items():
-        if "image" in service and not is_replica(service):
-            assert re.fullmatch(r"[\w.-]+:\d+\.\d+\.\d+(-\w+)?", service["image"]), name
+    for stack in STACKS:
+        for name, service in services(stack).items():
+            if "image" in service and not is_replica(service):
+                assert re.fullmatch(r"[\w.-]+:\d+\.\d+\.\d+(-\w+)?", service["image"]), name

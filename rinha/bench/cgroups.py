@@ -55,9 +55,9 @@ class GroupUsage:
 
 
 def own_cgroup(controller: str, proc_cgroup: str) -> Path:
-    """This process's directory in the cgroup v1 hierarchy of `controller`.
+    """A process's directory in the cgroup v1 hierarchy of `controller`.
 
-    `proc_cgroup` is the text of /proc/self/cgroup: lines `id:controllers:path`.
+    `proc_cgroup` is the text of its /proc/<pid>/cgroup: lines `id:controllers:path`.
     """
     for line in proc_cgroup.splitlines():
         _, controllers, path = line.split(":", 2)
@@ -108,24 +108,7 @@ class ContestGroups:
         return {name: [str(path) for path in self.directories(name)] for name in self.limits}
 
     def usage(self) -> list[GroupUsage]:
-        found = []
-        for name in self.limits:
-            cpu, memory = self.directories(name)
-            stat = dict(line.split() for line in (cpu / "cpu.stat").read_text().splitlines())
-            found.append(
-                GroupUsage(
-                    name=name,
-                    cpu_quota_us=_read(cpu / "cpu.cfs_quota_us"),
-                    cpu_period_us=_read(cpu / "cpu.cfs_period_us"),
-                    periods=int(stat["nr_periods"]),
-                    throttled_periods=int(stat["nr_throttled"]),
-                    throttled_seconds=int(stat["throttled_time"]) / 1e9,
-                    memory_limit_bytes=_read(memory / "memory.limit_in_bytes"),
-                    memory_peak_bytes=_read(memory / "memory.max_usage_in_bytes"),
-                    memory_failures=_read(memory / "memory.failcnt"),
-                )
-            )
-        return found
+        return [read_usage(name, *self.directories(name)) for name in self.limits]
 
     def remove(self) -> None:
         """Remove every group made here; a process still inside goes back to the parent first."""
@@ -137,6 +120,28 @@ class ContestGroups:
                     with open(group.parent / "cgroup.procs", "w") as procs:
                         procs.write(pid)
                 group.rmdir()
+
+
+def read_usage(name: str, cpu: Path, memory: Path) -> GroupUsage:
+    """What the counters of one cpu and one memory group say (cgroup v1)."""
+    stat = dict(line.split() for line in (cpu / "cpu.stat").read_text().splitlines())
+    return GroupUsage(
+        name=name,
+        cpu_quota_us=_read(cpu / "cpu.cfs_quota_us"),
+        cpu_period_us=_read(cpu / "cpu.cfs_period_us"),
+        periods=int(stat["nr_periods"]),
+        throttled_periods=int(stat["nr_throttled"]),
+        throttled_seconds=int(stat["throttled_time"]) / 1e9,
+        memory_limit_bytes=_read(memory / "memory.limit_in_bytes"),
+        memory_peak_bytes=_read(memory / "memory.max_usage_in_bytes"),
+        memory_failures=_read(memory / "memory.failcnt"),
+    )
+
+
+def process_groups(pid: int) -> tuple[Path, Path]:
+    """The cpu and the memory group of a process (a container's, say), cgroup v1."""
+    proc_cgroup = Path(f"/proc/{pid}/cgroup").read_text()
+    return own_cgroup("cpu", proc_cgroup), own_cgroup("memory", proc_cgroup)
 
 
 @contextmanager

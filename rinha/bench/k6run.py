@@ -1,18 +1,20 @@
 """`python -m rinha.bench k6`: one official scenario (SPEC.md §4) against the whole stack, recorded.
 
 Strategy: start `python -m rinha up` on the chosen ports (or reuse a running one), optionally with
-HAProxy and the replicas inside cgroup caps (cgroups.py), and run bench/scenario.js under k6 with
-a CSV of every request. Meanwhile a thread samples, once per second, what k6 cannot see: our own
-summary (per-processor and pending counts) and each stack process's RSS and CPU from /proc. Then
-the stack stops, and results/<timestamp>/ gets k6's partial-results.json, k6-summary.json and
-metrics.csv, our samples.csv and plot.png; a short table goes to stdout. Nothing here asserts a
-time: the numbers are for people.
+HAProxy and the replicas inside cgroup caps (cgroups.py), or compose.yaml under Docker with its own
+limits (compose.py), and run bench/scenario.js under k6 with a CSV of every request and k6's web
+dashboard on. Meanwhile a thread samples, once per second, what k6 cannot see: our own summary
+(per-processor and pending counts) and each stack process's RSS and CPU from /proc. Then the
+stack stops, and results/<timestamp>/ gets k6's partial-results.json, k6-summary.json,
+metrics.csv and k6-report.html (the dashboard's report), our samples.csv and plot.png; a short
+table goes to stdout. Nothing here asserts a time: the numbers are for people.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import ctypes
 import http.client
 import json
 import os
@@ -23,7 +25,8 @@ import subprocess
 import sys
 import threading
 import time
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -36,9 +39,12 @@ from rinha.bench.cgroups import (
     LimitsError,
     contest_groups,
     describe_limits,
+    process_groups,
+    read_usage,
 )
+from rinha.bench.compose import PUBLIC_PORT, ComposeError, ComposeStack, build_image
 from rinha.config import number
-from rinha.stack import METRICS_PORTS, add_port_options, ports_in_use
+from rinha.stack import FEES, METRICS_PORTS, add_port_options, ports_in_use
 
 SCENARIO_JS = Path(__file__).resolve().parents[2] / "bench" / "scenario.js"
 START_TIMEOUT = 40.0
@@ -47,6 +53,11 @@ SAMPLE_EVERY = 1.0
 # k6's default system tags minus those we never read (url, proto, tls...): a shorter CSV.
 K6_SYSTEM_TAGS = "status,method,name,group,scenario,expected_response"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+# k6's web dashboard, on the loopback while k6 runs.
+DASHBOARD = ("127.0.0.1", 5665)
+COMPOSE_STATS_PORT = 9998  # HAProxy's, in its container (compose.yaml's RINHA_STATS_BIND)
+CLONE_NEWNET = 0x40000000
+_libc = ctypes.CDLL(None, use_errno=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +95,7 @@ class BenchOptions:
     scenario: str
     max_requests: int | None
     limits: str
+    compose: bool
     reuse: bool
     floor: bool
     repeat: int
@@ -146,6 +158,25 @@ def stack_processes(up_pid: int, processor_ports: tuple[int, int]) -> dict[str, 
     return dict(sorted(found.items()))
 
 
+def compose_processes(stack: ComposeStack) -> dict[str, int]:
+    """Service -> host pid of the process doing its work."""
+    found = {}
+    for service in stack.services():
+        pid = stack.pid(service)
+        if service == "haproxy":
+            # A master (-W) that forks the one worker that serves.
+            pid = next((child for child in _all_pids() if _parent(child) == pid), pid)
+        found[service] = pid
+    return dict(sorted(found.items()))
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        return int(_proc_stat(pid)[1])
+    except (OSError, ValueError):
+        return None  # gone meanwhile
+
+
 def find_up(port: int) -> int | None:
     """The pid of a running `python -m rinha up` serving `port`, if there is one."""
     for pid in _all_pids():
@@ -159,6 +190,33 @@ def find_up(port: int) -> int | None:
 
 
 # -- sampling ------------------------------------------------------------------------------------
+
+
+@contextmanager
+def network_namespace(pid: int | None) -> Iterator[None]:
+    """This thread inside the network namespace of process `pid` meanwhile (none: where it is):
+    a socket opened there reaches what listens on that container's loopback, as the replicas'
+    metrics and HAProxy's stats do under compose.yaml."""
+    if pid is None:
+        yield
+        return
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    theirs = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY)
+    try:
+        _setns(theirs)
+        try:
+            yield
+        finally:
+            _setns(own)
+    finally:
+        os.close(own)
+        os.close(theirs)
+
+
+def _setns(fd: int) -> None:
+    if _libc.setns(fd, CLONE_NEWNET) != 0:
+        error = ctypes.get_errno()
+        raise OSError(error, os.strerror(error))
 
 
 def fetch_json(port: int, path: str, timeout: float = 2.0) -> Any:
@@ -186,7 +244,8 @@ class Sampler(threading.Thread):
     """Once per second: the payments confirmed and pending, and each process's RSS and CPU, as
     a CSV row. The counts come from the replicas' metrics when they serve them, which costs
     the stack next to nothing; otherwise (the floor) from our summary, which reads every
-    journal or the store."""
+    journal or the store. `namespaces` maps a metrics or stats port to the pid whose network
+    namespace it listens in (a container's), when not this one."""
 
     def __init__(
         self,
@@ -195,11 +254,13 @@ class Sampler(threading.Thread):
         metrics_ports: tuple[int, ...],
         processes: dict[str, int],
         out: TextIO,
+        namespaces: dict[int, int] | None = None,
     ) -> None:
         super().__init__(name="sampler", daemon=True)
         self.port = port
         self.stats_port = stats_port
         self.metrics_ports = metrics_ports
+        self.namespaces = namespaces or {}
         self.processes = processes
         self.peak_rss_kb = dict.fromkeys(processes, 0)
         self.peak_cpu_pct = dict.fromkeys(processes, 0.0)
@@ -234,28 +295,32 @@ class Sampler(threading.Thread):
         except (OSError, ValueError, KeyError):
             return ["", "", ""]
 
+    def _get(self, port: int, path: str) -> str:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=0.9)
+        try:
+            with network_namespace(self.namespaces.get(port)):
+                conn.connect()
+            conn.request("GET", path)
+            return conn.getresponse().read().decode()
+        finally:
+            conn.close()
+
     def _metrics(self) -> list[str]:
         counts = [0, 0, 0]
         for port in self.metrics_ports:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=0.9)
             try:
-                conn.request("GET", "/metrics")
-                for line in conn.getresponse().read().decode().splitlines():
+                for line in self._get(port, "/metrics").splitlines():
                     series, _, value = line.rpartition(" ")
                     if series in COUNT_SERIES:
                         counts[COUNT_SERIES[series]] += int(float(value))
             except (OSError, ValueError):
                 return ["", "", ""]
-            finally:
-                conn.close()
         return [str(count) for count in counts]
 
     def _http_requests(self) -> str:
         """Requests HAProxy's public frontend has taken so far, from its stats CSV."""
-        conn = http.client.HTTPConnection("127.0.0.1", self.stats_port, timeout=0.9)
         try:
-            conn.request("GET", "/;csv")
-            lines = conn.getresponse().read().decode().splitlines()
+            lines = self._get(self.stats_port, "/;csv").splitlines()
             header = lines[0].lstrip("# ").split(",")
             for line in lines[1:]:
                 row = dict(zip(header, line.split(",")))
@@ -263,8 +328,6 @@ class Sampler(threading.Thread):
                     return row["req_tot"]
         except (OSError, IndexError, KeyError):
             pass
-        finally:
-            conn.close()
         return ""
 
     def _sample_processes(self) -> list[str]:
@@ -375,11 +438,16 @@ def start_k6(options: BenchOptions, results: Path) -> subprocess.Popen[bytes]:
         "PROCESSOR_FALLBACK_URL": f"http://127.0.0.1:{fallback_port}",
         "RESULTS_DIR": str(results),
         "K6_CSV_TIME_FORMAT": "unix_milli",
+        "K6_WEB_DASHBOARD": "true",
+        "K6_WEB_DASHBOARD_HOST": DASHBOARD[0],
+        "K6_WEB_DASHBOARD_PORT": str(DASHBOARD[1]),
+        "K6_WEB_DASHBOARD_EXPORT": str(results / "k6-report.html"),
     }
     if options.max_requests is not None:
         env["MAX_REQUESTS"] = str(options.max_requests)
     command = [k6, "run", "--quiet", "--system-tags", K6_SYSTEM_TAGS]
     command += ["--out", f"csv={results / 'metrics.csv'}", str(SCENARIO_JS)]
+    print(f"k6's dashboard, while it runs: http://{DASHBOARD[0]}:{DASHBOARD[1]}", flush=True)
     return subprocess.Popen(command, env=env)
 
 
@@ -510,7 +578,7 @@ def report(
     unit = "request" if summary.backend == "floor" else "processed payment"
     rows = [
         ("scenario", run),
-        ("limits", options.limits),
+        ("limits", "compose.yaml under Docker" if options.compose else options.limits),
         ("POST /payments", f"{posts['qtd_sucesso']} ok, {posts['qtd_falha']} failed"),
         ("score", f"{score:.2f}"),
         ("cap", f"{summary.cap:.2f}  (every POST by default at p99 <= 1 ms)"),
@@ -600,6 +668,10 @@ def describe_usage(group: GroupUsage) -> str:
 def run(options: BenchOptions) -> int:
     if options.reuse and (options.limits == "contest" or options.floor):
         raise BenchError("--limits contest and --floor need stacks of their own: drop --reuse")
+    if options.compose and (options.limits == "contest" or options.floor or options.reuse):
+        raise BenchError("--compose runs compose.yaml with its own limits, alone: drop the rest")
+    if options.compose and (options.port, options.stats_port) != (PUBLIC_PORT, COMPOSE_STATS_PORT):
+        raise BenchError(f"compose.yaml serves {PUBLIC_PORT} and stats on {COMPOSE_STATS_PORT}")
     try:  # before the run, not after it
         from rinha.bench.plot import plot_run  # noqa: F401
     except ImportError as error:
@@ -629,15 +701,25 @@ def run_one(options: BenchOptions, backend: str) -> tuple[int, RunSummary]:
         if options.limits == "contest":
             groups = cleanup.enter_context(contest_groups(CONTEST_LIMITS))
             print(describe_limits(CONTEST_LIMITS), flush=True)
-        if options.reuse:
+        namespaces: dict[int, int] = {}
+        if options.compose:
+            composed = start_compose(options, results, cleanup)
+            processes = compose_processes(composed)
+            # The replicas' metrics and HAProxy's stats are on their containers' loopback.
+            namespaces = {
+                port: composed.pid(f"replica-{number}")
+                for number, port in enumerate(METRICS_PORTS, 1)
+            }
+            namespaces[COMPOSE_STATS_PORT] = composed.pid("haproxy")
+        elif options.reuse:
             fetch_json(options.port, "/payments-summary")  # fails early if nothing answers
             up_pid = find_up(options.port)
+            processes = stack_processes(up_pid, options.processor_ports) if up_pid else {}
         else:
             stack = UpProcess(options, backend, groups, results / "stack.log")
             cleanup.callback(stack.stop)
             stack.wait_ready()
-            up_pid = stack.popen.pid
-        processes = stack_processes(up_pid, options.processor_ports) if up_pid else {}
+            processes = stack_processes(stack.popen.pid, options.processor_ports)
         if not processes:
             print("no `python -m rinha up` found on that port: only k6's RSS and CPU are sampled")
         samples = cleanup.enter_context(open(results / "samples.csv", "w", newline=""))
@@ -646,15 +728,23 @@ def run_one(options: BenchOptions, backend: str) -> tuple[int, RunSummary]:
         # `up` serves the replicas' metrics on its default ports; the floor serves none.
         metrics_ports = METRICS_PORTS if backend == "rinha" and not options.reuse else ()
         sampler = Sampler(
-            options.port, options.stats_port, metrics_ports, {**processes, "k6": k6.pid}, samples
+            options.port,
+            options.stats_port,
+            metrics_ports,
+            {**processes, "k6": k6.pid},
+            samples,
+            namespaces,
         )
         sampler.start()
         try:
             status = wait_k6(k6, options.scenario)
         finally:
             sampler.stop()
+        # Before the groups go away with the stack.
         if groups is not None:
-            usage = groups.usage()  # before the groups go away with the stack
+            usage = groups.usage()
+        if options.compose:
+            usage = [read_usage(name, *process_groups(composed.pid(name))) for name in processes]
     result_path = results / "partial-results.json"
     if not result_path.exists():
         raise BenchError(f"k6 exited with status {status} and wrote no {result_path.name}")
@@ -663,10 +753,29 @@ def run_one(options: BenchOptions, backend: str) -> tuple[int, RunSummary]:
     summary = summarize(options, backend, results, result)
     print()
     print(report(options, result, summary, sampler, usage))
-    print(
-        f"written {results}/: partial-results.json k6-summary.json metrics.csv samples.csv plot.png"
+    written = (
+        "partial-results.json k6-summary.json k6-report.html metrics.csv samples.csv plot.png"
     )
+    print(f"written {results}/: {written}")
     return (0 if status == 0 else 1), summary
+
+
+def start_compose(options: BenchOptions, results: Path, cleanup: ExitStack) -> ComposeStack:
+    """compose.yaml up, with the processors outside its limits; its logs go to stack.log and
+    everything goes away, volumes too, when `cleanup` closes."""
+    busy = ports_in_use([options.port, *options.processor_ports])
+    if busy:
+        raise BenchError(f"port(s) {', '.join(map(str, busy))} already in use")
+    print("building the image and starting compose.yaml under Docker", flush=True)
+    build_image()
+    stack = ComposeStack(
+        f"rinha-bench-{os.getpid()}", FEES[options.scenario], options.processor_ports
+    )
+    cleanup.callback(stack.stop)
+    logs = results / "stack.log"
+    cleanup.callback(lambda: logs.write_text(stack.run_compose("logs", "--no-color")))
+    stack.start()
+    return stack
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -685,6 +794,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="none",
         help="contest: HAProxy and the replicas inside cgroup v1 caps (cgroups.py); "
         "default %(default)s",
+    )
+    parser.add_argument(
+        "--compose",
+        action="store_true",
+        help="run compose.yaml under Docker, with its own limits, instead of `python -m rinha "
+        "up` (needs root, Docker's engine and Compose: tests/prepare)",
     )
     parser.add_argument(
         "--reuse", action="store_true", help="use the stack already running on --port"
@@ -715,6 +830,7 @@ def main(argv: list[str]) -> int:
         scenario=args.scenario,
         max_requests=args.max_requests,
         limits=args.limits,
+        compose=args.compose,
         reuse=args.reuse,
         floor=args.floor,
         repeat=args.repeat,
@@ -725,6 +841,6 @@ def main(argv: list[str]) -> int:
     )
     try:
         return run(options)
-    except (BenchError, LimitsError, OSError) as error:
+    except (BenchError, ComposeError, LimitsError, OSError) as error:
         print(f"rinha bench: {error}", file=sys.stderr)
         return 1
