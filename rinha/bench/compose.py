@@ -131,7 +131,8 @@ class ComposeStack:
         return self.run_compose("ps", "-q", service)
 
     def inspect(self, service: str) -> dict[str, Any]:
-        return json.loads(docker("inspect", self.container(service)))[0]
+        described: list[dict[str, Any]] = json.loads(docker("inspect", self.container(service)))
+        return described[0]
 
     def pid(self, service: str) -> int:
         """The host pid of the service's main process."""
