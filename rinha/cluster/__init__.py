@@ -29,9 +29,9 @@ from typing import TYPE_CHECKING
 
 from rinha.config import OneHost, Topology
 from rinha.journal import Journal, NoJournal, Recovered
-from rinha.ledger import Ledger, Summary
+from rinha.ledger import Ledger, Summary, Totals
 from rinha.payments import Payment
-from rinha.processor_client import HealthReport, ProcessorClient
+from rinha.processor_client import HealthReport, ProcessorClient, StoredPayment
 
 if TYPE_CHECKING:
     from rinha.delivery import Dispatcher
@@ -89,6 +89,22 @@ class Cluster(abc.ABC):
     @abc.abstractmethod
     async def close(self) -> None:
         """Leave the cluster; what this replica holds stays in its journal."""
+
+
+def count_stored(
+    totals: Summary,
+    processor: str,
+    cents: int,
+    stored: StoredPayment,
+    from_ms: int | None,
+    to_ms: int | None,
+) -> None:
+    """A pending payment that a lookup found `processor` has stored (its replica silent):
+    pending no more, and counted where the processor's requestedAt falls."""
+    totals["pending"] = totals["pending"] - Totals(1, cents)
+    at = stored.requested_at_ms
+    if (from_ms is None or from_ms <= at) and (to_ms is None or at <= to_ms):
+        totals[processor] = totals[processor] + Totals(1, stored.cents)
 
 
 def open_cluster(

@@ -23,7 +23,7 @@ import math
 from typing import TYPE_CHECKING
 
 from rinha.clock import now_ms
-from rinha.cluster import Cluster, ClusterUnavailable, poll_health
+from rinha.cluster import Cluster, ClusterUnavailable, count_stored, poll_health
 from rinha.cluster.peers import (
     HEALTH_PATH,
     PURGE_PATH,
@@ -124,10 +124,7 @@ class HostCluster(Cluster):
                 raise ClusterUnavailable(PEER_UNSETTLED, f"{attempt} cannot be looked up")
             if stored is None:
                 continue
-            totals["pending"] = totals["pending"] - Totals(1, attempt.cents)
-            at = stored.requested_at_ms
-            if (from_ms is None or from_ms <= at) and (to_ms is None or at <= to_ms):
-                totals[attempt.processor] = totals[attempt.processor] + Totals(1, stored.cents)
+            count_stored(totals, attempt.processor, attempt.cents, stored, from_ms, to_ms)
 
     async def purge(self) -> None:
         up_to_ms = now_ms()

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from pymongo.errors import PyMongoError
 
 from rinha.clock import now_ms
-from rinha.cluster import Cluster, ClusterUnavailable
+from rinha.cluster import Cluster, ClusterUnavailable, count_stored
 from rinha.cluster.store.claims import Claims
 from rinha.cluster.store.lease import REPLICA_PREFIX, Lease
 from rinha.cluster.store.ledger import CLUSTER, MongoLedger
@@ -35,7 +35,7 @@ from rinha.cluster.store.takeover import Takeover
 from rinha.config import SharedStore
 from rinha.http import response
 from rinha.journal import Journal, NoJournal, Recovered
-from rinha.ledger import LedgerUnavailable, Summary, Totals
+from rinha.ledger import LedgerUnavailable, Summary
 from rinha.payments import Payment
 from rinha.processor_client import Outcome, ProcessorClient
 
@@ -180,10 +180,7 @@ class StoreCluster(Cluster):
                     raise ClusterUnavailable(SILENT_UNSETTLED, f"{doc['_id']} on {name}")
                 if stored is None:
                     continue
-                totals["pending"] = totals["pending"] - Totals(1, doc["cents"])
-                at = stored.requested_at_ms
-                if (from_ms is None or from_ms <= at) and (to_ms is None or at <= to_ms):
-                    totals[name] = totals[name] + Totals(1, stored.cents)
+                count_stored(totals, name, doc["cents"], stored, from_ms, to_ms)
 
     async def purge(self) -> None:
         """Every replica forgets what it accepted up to now: this one at once, the others at
