@@ -68,11 +68,22 @@ def assert_exact(
     return theirs
 
 
-def assert_processed_once(ids: Iterable[str], processors: Any) -> None:
-    """Every id stored by exactly one processor, and nothing else stored."""
+def assert_processed_once(
+    ids: Iterable[str], processors: Any, unanswered: Iterable[str] = ()
+) -> None:
+    """Every id in `ids` stored by exactly one processor, each of `unanswered` (sent, and
+    never answered: its replica may have accepted it before it died) by one at most, and
+    nothing else stored."""
     ids = set(ids)
+
+    def found(correlation_id: str) -> list[str]:
+        return [name for name in NAMES if getattr(processors, name).has(correlation_id)]
+
     for correlation_id in ids:
-        found = [name for name in NAMES if getattr(processors, name).has(correlation_id)]
-        assert len(found) == 1, (correlation_id, found)
+        assert len(found(correlation_id)) == 1, (correlation_id, found(correlation_id))
+    also = 0
+    for correlation_id in set(unanswered) - ids:
+        assert len(found(correlation_id)) <= 1, (correlation_id, found(correlation_id))
+        also += len(found(correlation_id))
     stored = sum(getattr(processors, name).summary()["totalRequests"] for name in NAMES)
-    assert stored == len(ids)
+    assert stored == len(ids) + also

@@ -44,6 +44,7 @@ async def pay_concurrently(urls: str | Sequence[str], count: int, senders: int =
 @dataclass
 class Burst:
     accepted: set[str] = field(default_factory=set)  # ids answered 202 at least once
+    unanswered: set[str] = field(default_factory=set)  # ids a POST got no answer for
     differences: list[str] = field(default_factory=list)  # every audit's, as lines
     audits: int = 0
 
@@ -56,12 +57,13 @@ async def burst(
     senders: int = 30,
     meanwhile: Callable[[asyncio.Event], Awaitable[None]] | None = None,
     lag: timedelta = AUDIT_LAG,
+    audit_every: float = 0.3,
 ) -> Burst:
     """`payments` from `senders` clients, the i-th sent to every URL in `destinations(i)` at
     once (two replicas may receive one id), while the default fails and slows down in turn;
-    each URL in `audited` audited every 0.3 s over a window ending `lag` ago (one that does not
-    answer, killed, is skipped). `meanwhile` runs alongside and may pause the senders and the
-    default's changes with the event it is given."""
+    each URL in `audited` audited every `audit_every` seconds over a window ending `lag` ago
+    (one that does not answer, killed, is skipped). `meanwhile` runs alongside and may pause
+    the senders and the default's changes with the event it is given."""
     start = datetime.now(UTC) - timedelta(seconds=1)
     found = Burst()
     done = asyncio.Event()
@@ -76,7 +78,8 @@ async def burst(
                     if answer.status == 202:
                         found.accepted.add(correlation_id)
             except aiohttp.ClientError:
-                pass  # its replica was killed on the way: never answered 2xx
+                # Its replica was killed: never answered 2xx, maybe accepted.
+                found.unanswered.add(correlation_id)
 
         async def send() -> None:
             for index in indices:
@@ -110,7 +113,7 @@ async def burst(
                         continue
                     found.differences.extend(f"{base} {line}" for line in lines)
                 found.audits += 1
-                await asyncio.sleep(0.3)
+                await asyncio.sleep(audit_every)
 
         stirring = asyncio.create_task(stir())
         auditing = asyncio.create_task(audit())
