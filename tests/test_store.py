@@ -29,6 +29,7 @@ from tests.support.clients import Client, Service
 from tests.support.clusters import (
     StandIn,
     balancer,
+    run_name,
     start_store_cluster,
     stop_all,
     with_database,
@@ -40,13 +41,6 @@ LEASE_SECONDS = 3  # rinha/store.py
 # Short, so that a dead replica's payments are taken up within seconds: no attempt in these
 # tests outlives the 1 s timeout (the emulators' delays stay at 100 ms at most).
 OPTIONS = ["--max-hold", "0.3", "--processor-timeout", "1", "--settle-after", "3"]
-
-
-def run_name(replica: Service) -> str:
-    """This run's name in the store, from its journal."""
-    assert replica.journal is not None
-    lines = replica.journal.read_text().splitlines()
-    return [line.split()[1] for line in lines if line.startswith("I ")][-1]
 
 
 @dataclass

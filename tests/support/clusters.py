@@ -115,6 +115,14 @@ def balancer(replicas: list[Service]) -> Iterator[Client]:
         popen.wait(10)
 
 
+def run_name(replica: Service) -> str:
+    """A store replica's name in the store for this run (its lease's `_id`), from the
+    journal's last `I` line."""
+    assert replica.journal is not None
+    lines = replica.journal.read_text().splitlines()
+    return [line.split()[1] for line in lines if line.startswith("I ")][-1]
+
+
 def stop_all(replicas: list[Service]) -> None:
     for replica in replicas:
         replica.process.stop()
