@@ -13,8 +13,8 @@ The promises, one section each below: (a) one exact summary, equal to the proces
 from any live replica, also while one is dead; (b) one purge: asked of one replica, every
 replica forgets, a replica down at the time too once it is back; (c) one health poller; (d)
 the replicas together keep within the processors' 800 calls in flight; (e) a dead replica's
-payments are neither lost nor charged twice. A case that fails today on one shape is marked
-there as a strict xfail naming its hole in issue 22.
+payments are neither lost nor charged twice. A case that fails on one shape is marked there
+as a strict xfail naming its hole in issue 22 (none does today).
 
 Black box only: HTTP over real sockets to real processes, SIGKILL, and each replica's
 Prometheus metrics; nothing of rinha is imported, so the cases hold whatever the internals
@@ -309,7 +309,17 @@ def test_one_replica_polls_the_processors_health(cluster: Cluster) -> None:
         assert processor.health_calls()["refused"] == calls["refused"]
 
 
-# (d) The processors' 800 calls, shared.
+# (e) A dead replica's payments: neither lost nor charged twice.
+
+
+def test_a_dead_replicas_payments_are_neither_lost_nor_charged_twice(cluster: Cluster) -> None:
+    found = killed_mid_burst(cluster, keep_every_202=True)
+    assert_exact(cluster.live, cluster.processors, timeout=60)
+    assert_processed_once(found.accepted, cluster.processors, found.unanswered)
+
+
+# (d) The processors' 800 calls, shared. Last: its load leaves the SecantusDB stand-in busy
+# for a while after.
 
 
 def test_the_replicas_together_keep_within_the_processors_calls(cluster: Cluster) -> None:
@@ -355,12 +365,3 @@ def test_the_replicas_together_keep_within_the_processors_calls(cluster: Cluster
     print(f"\n{cluster.shape}: at most {peak.result():.0f} calls in flight on the default")
     # Near the limit, or the case proves nothing.
     assert peak.result() >= 0.75 * PROCESSOR_SLOTS
-
-
-# (e) A dead replica's payments: neither lost nor charged twice.
-
-
-def test_a_dead_replicas_payments_are_neither_lost_nor_charged_twice(cluster: Cluster) -> None:
-    found = killed_mid_burst(cluster, keep_every_202=True)
-    assert_exact(cluster.live, cluster.processors, timeout=60)
-    assert_processed_once(found.accepted, cluster.processors, found.unanswered)

@@ -98,7 +98,7 @@ def start_service(
     """`python -m rinha serve` on a free port of `host`, health polled every 0.2 s; with
     `metrics`, serving them on a free port of 127.0.0.1; with `clock_ahead`, its wall clock
     that many seconds ahead, under libfaketime (`faketime` on PATH)."""
-    port = free_port()
+    port = free_port(host)
     args = ["-m", "rinha", "serve", "--host", host, "--port", str(port)]
     args += ["--health-interval", HEALTH_INTERVAL, *options]
     if journal is not None:
