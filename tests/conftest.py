@@ -6,20 +6,24 @@ Payment processors (`python -m rinha.emulator`, SPEC.md §3):
 - `processor_factory(**options)`: an extra processor started with the given command-line
   options (`max_in_flight=2` gives `--max-in-flight 2`), stopped at the end of the test.
 
+MongoDB (tests/support/clusters.py): `mongo_url`, a server for the session;
+`stoppable_stand_in`, a stand-in of the test's own that it may stop and start.
+
 The service's fixtures live in `tests/service_fixtures.py`, registered below.
 """
 
 from __future__ import annotations
 
-import uuid
+import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
 
 import pytest
 
-from tests.processes import Process, Reply, call, free_port
+from tests.support.clients import EmulatedProcessor, Processors, start_processor
+from tests.support.clusters import StandIn, mongo_skip_reason, stand_in_executable
+from tests.support.processes import free_port
 
 pytest_plugins = ["tests.service_fixtures"]
 
@@ -34,83 +38,6 @@ def state_directory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("XDG_STATE_HOME", str(tmp_path_factory.mktemp("state")))
         yield
-
-
-@dataclass
-class EmulatedProcessor:
-    process: Process
-    token: str = "123"
-
-    @property
-    def port(self) -> int:
-        return self.process.port
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def admin(self, method: str, path: str, body: Any = None) -> Reply:
-        """An /admin request carrying the token."""
-        return call(self.port, method, path, body, headers={"X-Rinha-Token": self.token})
-
-    def set_delay(self, ms: int) -> None:
-        reply = self.admin("PUT", "/admin/configurations/delay", {"delay": ms})
-        assert reply.status == 200, reply
-
-    def set_failure(self, failing: bool) -> None:
-        reply = self.admin("PUT", "/admin/configurations/failure", {"failure": failing})
-        assert reply.status == 200, reply
-
-    def purge(self) -> None:
-        reply = self.admin("POST", "/admin/purge-payments")
-        assert reply.status == 200, reply
-
-    def summary(self, from_: str | None = None, to: str | None = None) -> Any:
-        query = urlencode({k: v for k, v in (("from", from_), ("to", to)) if v is not None})
-        reply = self.admin("GET", "/admin/payments-summary" + (f"?{query}" if query else ""))
-        assert reply.status == 200, reply
-        return reply.json()
-
-    def pay(
-        self,
-        correlation_id: str | None = None,
-        amount: float = 19.90,
-        requested_at: str = "2025-07-15T12:34:56.000Z",
-    ) -> Reply:
-        """POST /payments as the service sends it; a fresh correlationId unless given."""
-        payment = {
-            "correlationId": correlation_id or str(uuid.uuid4()),
-            "amount": amount,
-            "requestedAt": requested_at,
-        }
-        return call(self.port, "POST", "/payments", payment)
-
-    def reject(self, correlation_ids: list[str]) -> None:
-        """Answer 400 to these payments, whatever else (the emulator's own switch)."""
-        body = {"correlationIds": correlation_ids}
-        assert self.admin("PUT", "/admin/configurations/rejected-ids", body).status == 204
-
-    def reset(self) -> None:
-        self.set_delay(0)
-        self.set_failure(False)
-        self.reject([])
-        self.purge()
-
-
-@dataclass
-class Processors:
-    default: EmulatedProcessor
-    fallback: EmulatedProcessor
-
-
-def start_processor(**options: Any) -> EmulatedProcessor:
-    """Start `python -m rinha.emulator` on a free port (unless `port=` is given)."""
-    options = {"fee": "0.05", "port": free_port(), **options}
-    args = ["-m", "rinha.emulator"]
-    for name, value in options.items():
-        args += [f"--{name.replace('_', '-')}", str(value)]
-    process = Process(args, options["port"]).start("/")  # any answer, even 404, means ready
-    return EmulatedProcessor(process, token=str(options.get("token", "123")))
 
 
 @pytest.fixture(scope="session")
@@ -146,3 +73,37 @@ def processor_factory() -> Iterator[Callable[..., EmulatedProcessor]]:
     yield start
     for processor in started:
         processor.process.stop()
+
+
+@pytest.fixture(scope="session")
+def mongo_url() -> Iterator[str]:
+    """A MongoDB server for the session: RINHA_TEST_MONGO_URL, or a stand-in started here."""
+    reason = mongo_skip_reason()
+    if reason:
+        pytest.skip(reason)
+    given = os.environ.get("RINHA_TEST_MONGO_URL")
+    if given:
+        yield given
+        return
+    executable = stand_in_executable()
+    assert executable is not None
+    server = StandIn(executable, ":memory:", free_port()).start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def stoppable_stand_in(tmp_path: Path) -> Iterator[StandIn]:
+    """A stand-in of this test's own, its data on disk so that it survives a restart."""
+    if os.environ.get("RINHA_TEST_MONGO_URL"):
+        pytest.skip("stops the store: runs only against a stand-in started here")
+    reason = mongo_skip_reason()
+    if reason:
+        pytest.skip(reason)
+    executable = stand_in_executable()
+    assert executable is not None
+    server = StandIn(executable, str(tmp_path / "store"), free_port()).start()
+    yield server
+    server.stop()

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from tests.processes import free_port
+from tests.support.processes import free_port
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

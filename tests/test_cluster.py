@@ -1,10 +1,10 @@
-"""Replicas of one host without HAProxy (SPEC.md §2: the summary counts exactly what the
-processors confirmed, whatever instance the request lands on): any live replica answers for
-the whole cluster alone, and a purge forgets everything accepted before it on every replica,
-a dead one included."""
+"""Replicas of one host without HAProxy, what is particular to this shape: a replica follows its
+peers' journals between summaries, reads them whole whatever a crash or a full disk left in
+them, and a purge that reaches a replica late forgets only what came before it. What every shape promises is tests/test_cluster_contract.py's."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 import uuid
@@ -15,59 +15,9 @@ from rinha.clock import now_ms
 from rinha.cluster.peers import FOLLOW_INTERVAL, PeerJournal, purge_unowned
 from rinha.journal import read_journal
 from rinha.ledger import Totals
-from tests.processes import call, unix_call
-from tests.service_fixtures import Service
-
-
-def pay_each(replicas: list[Service], count: int) -> None:
-    for replica in replicas:
-        for _ in range(count):
-            assert replica.pay().status == 202
-
-
-def test_a_replica_answers_for_the_cluster_while_a_peer_is_dead(
-    cluster: list[Service], fresh_processors: Any
-) -> None:
-    first, second, third = cluster
-    pay_each(cluster, 10)
-    assert first.wait_settled()["default"]["totalRequests"] == 30
-    fresh_processors.default.set_delay(2000)
-    pay_each([second], 5)
-    second.kill()  # with its five payments sent and not yet answered
-    for replica in (first, third):
-        summary = replica.summary()
-        assert summary["default"]["totalRequests"] == 30
-        assert summary["pending"]["totalRequests"] == 5
-    second.restart()
-    settled = [replica.wait_settled()["default"] for replica in cluster]
-    theirs = fresh_processors.default.summary()
-    assert theirs["totalRequests"] == 35
-    for summary in settled:
-        assert (summary["totalRequests"], summary["totalAmount"]) == (35, theirs["totalAmount"])
-
-
-def test_a_purge_with_a_replica_down_reaches_it_when_it_starts(
-    cluster: list[Service], fresh_processors: Any
-) -> None:
-    first, second, third = cluster
-    pay_each(cluster, 10)
-    assert first.wait_settled()["default"]["totalRequests"] == 30
-    fresh_processors.default.set_failure(True)
-    pay_each([third], 5)  # held for the default
-    third.kill()
-    assert call(first.port, "POST", "/purge-payments").status == 200
-    for replica in (first, second):
-        summary = replica.summary()
-        assert summary["default"]["totalRequests"] == 0
-        assert summary["pending"]["totalRequests"] == 0
-    fresh_processors.default.set_failure(False)
-    third.restart()
-    time.sleep(1.0)
-    for replica in cluster:
-        summary = replica.summary()
-        assert summary["default"]["totalRequests"] == 0
-        assert summary["pending"]["totalRequests"] == 0
-    assert fresh_processors.default.summary()["totalRequests"] == 30  # the five never left
+from tests.support.clients import Service
+from tests.support.senders import pay_concurrently
+from tests.support.wire import unix_call
 
 
 def test_a_purge_that_reaches_a_replica_late_forgets_only_what_came_before_it(
@@ -113,7 +63,8 @@ def test_a_replica_keeps_reading_its_peers_journals_between_summaries(
     journals = [tmp_path / f"{name}.journal" for name in ("replica-2", "replica-3")]
     sizes_before = sum(journal.stat().st_size for journal in journals)
     read_before = bytes_read(first)
-    pay_each([second, third], 100)
+    urls = [second.url, third.url]
+    assert len(asyncio.run(pay_concurrently(urls, 200))) == 200
     for replica in (second, third):
         assert replica.wait_settled()["default"]["totalRequests"] == 200
     grown = sum(journal.stat().st_size for journal in journals) - sizes_before

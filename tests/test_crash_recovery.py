@@ -14,47 +14,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-
 from rinha.clock import now_ms, parse_us
-from tests.processes import call, free_port
-from tests.service_fixtures import Service
-
-
-async def pay_many(port: int, count: int) -> list[str]:
-    """POST `count` fresh payments concurrently; the ids answered 202."""
-    async with aiohttp.ClientSession() as session:
-
-        async def one() -> str | None:
-            correlation_id = str(uuid.uuid4())
-            body = {"correlationId": correlation_id, "amount": 19.90}
-            async with session.post(f"http://127.0.0.1:{port}/payments", json=body) as answer:
-                return correlation_id if answer.status == 202 else None
-
-        answered = await asyncio.gather(*(one() for _ in range(count)))
-    return [correlation_id for correlation_id in answered if correlation_id]
-
-
-def processed(processors: Any) -> tuple[int, int]:
-    return (
-        processors.default.summary()["totalRequests"],
-        processors.fallback.summary()["totalRequests"],
-    )
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.05)
-
-
-def assert_exact(service: Service, processors: Any) -> None:
-    ours = service.wait_settled()
-    for name in ("default", "fallback"):
-        theirs = getattr(processors, name).summary()
-        assert ours[name]["totalRequests"] == theirs["totalRequests"], name
-        assert ours[name]["totalAmount"] == theirs["totalAmount"], name
+from tests.support.audit import assert_exact
+from tests.support.clients import Service
+from tests.support.processes import call, free_port, wait_for
+from tests.support.senders import pay_concurrently
 
 
 def test_killed_with_payments_in_flight_loses_none_and_charges_none_twice(
@@ -62,12 +26,12 @@ def test_killed_with_payments_in_flight_loses_none_and_charges_none_twice(
 ) -> None:
     fresh_processors.default.set_delay(300)
     service = service_factory("--journal", str(tmp_path / "journal"))
-    accepted = asyncio.run(pay_many(service.port, 300))
+    accepted = asyncio.run(pay_concurrently(service.url, 300))
     assert len(accepted) == 300
     service.kill()
     service.restart()
     assert_exact(service, fresh_processors)
-    assert sum(processed(fresh_processors)) == 300
+    assert sum(fresh_processors.stored()) == 300
 
 
 def test_unsettled_attempt_is_settled_where_it_was_sent_after_a_crash(
@@ -75,23 +39,23 @@ def test_unsettled_attempt_is_settled_where_it_was_sent_after_a_crash(
 ) -> None:
     fresh_processors.default.set_delay(800)
     service = service_factory("--journal", str(tmp_path / "journal"))
-    assert len(asyncio.run(pay_many(service.port, 20))) == 20
+    assert len(asyncio.run(pay_concurrently(service.url, 20))) == 20
     time.sleep(0.2)  # let the attempts leave; they are held by the processor
     service.kill()
     # The killed attempts land anyway; then the default fails. A fresh attempt would now go
     # to the fallback and charge twice; settling on the default finds them stored.
-    wait_for(lambda: processed(fresh_processors)[0] == 20)
+    wait_for(lambda: fresh_processors.stored()[0] == 20, "the killed attempts stored")
     fresh_processors.default.set_failure(True)
     service.restart()
     assert_exact(service, fresh_processors)
-    assert processed(fresh_processors) == (20, 0)
+    assert fresh_processors.stored() == (20, 0)
 
 
 def test_confirmed_ledger_and_known_ids_survive_a_crash(
     service_factory: Callable[..., Service], fresh_processors: Any, tmp_path: Path
 ) -> None:
     service = service_factory("--journal", str(tmp_path / "journal"))
-    accepted = asyncio.run(pay_many(service.port, 50))
+    accepted = asyncio.run(pay_concurrently(service.url, 50))
     before = service.wait_settled()
     service.kill()
     service.restart()
@@ -99,7 +63,7 @@ def test_confirmed_ledger_and_known_ids_survive_a_crash(
     for correlation_id in accepted[:10]:
         assert service.pay(correlation_id).status == 202
     assert service.wait_settled() == before
-    assert processed(fresh_processors) == (50, 0)
+    assert fresh_processors.stored() == (50, 0)
 
 
 def test_known_ids_survive_two_restarts(
@@ -107,7 +71,7 @@ def test_known_ids_survive_two_restarts(
 ) -> None:
     # The first restart rewrites the journal compacted; the second reads only that rewrite.
     service = service_factory("--journal", str(tmp_path / "journal"))
-    accepted = asyncio.run(pay_many(service.port, 30))
+    accepted = asyncio.run(pay_concurrently(service.url, 30))
     before = service.wait_settled()
     for _ in range(2):
         service.kill()
@@ -116,14 +80,14 @@ def test_known_ids_survive_two_restarts(
     for correlation_id in accepted:
         assert service.pay(correlation_id).status == 202
     assert service.wait_settled() == before
-    assert processed(fresh_processors) == (30, 0)
+    assert fresh_processors.stored() == (30, 0)
 
 
 def test_purge_survives_a_crash(
     service_factory: Callable[..., Service], fresh_processors: Any, tmp_path: Path
 ) -> None:
     service = service_factory("--journal", str(tmp_path / "journal"))
-    asyncio.run(pay_many(service.port, 10))
+    asyncio.run(pay_concurrently(service.url, 10))
     assert service.wait_settled()["default"]["totalRequests"] == 10
     assert call(service.port, "POST", "/purge-payments").status == 200
     service.kill()
@@ -137,13 +101,13 @@ def test_serve_keeps_a_journal_by_default(
     # Started the documented way, with no --journal: what it answered 202 for survives.
     fresh_processors.default.set_failure(True)
     service = service_factory()
-    accepted = asyncio.run(pay_many(service.port, 20))
+    accepted = asyncio.run(pay_concurrently(service.url, 20))
     assert len(accepted) == 20
     service.kill()
     fresh_processors.default.set_failure(False)
     service.restart()
     assert_exact(service, fresh_processors)
-    assert processed(fresh_processors) == (20, 0)
+    assert fresh_processors.stored() == (20, 0)
 
 
 def test_a_second_process_on_the_same_journal_is_refused(

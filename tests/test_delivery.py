@@ -11,15 +11,9 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from tests.processes import call, free_port
-from tests.service_fixtures import Service
-
-
-def counts(processors: Any) -> tuple[int, int]:
-    return (
-        processors.default.summary()["totalRequests"],
-        processors.fallback.summary()["totalRequests"],
-    )
+from tests.support.audit import assert_exact
+from tests.support.clients import Service
+from tests.support.processes import call, free_port
 
 
 def stamp_groups(processor: Any, ids: list[str]) -> int:
@@ -32,22 +26,13 @@ def stamp_groups(processor: Any, ids: list[str]) -> int:
     return 1 + sum(1 for earlier, later in itertools.pairwise(stamps) if later - earlier > 2)
 
 
-def assert_audit_exact(service: Service, processors: Any) -> None:
-    ours = service.summary()
-    assert ours["pending"]["totalRequests"] == 0
-    for name in ("default", "fallback"):
-        theirs = getattr(processors, name).summary()
-        assert ours[name]["totalRequests"] == theirs["totalRequests"], name
-        assert ours[name]["totalAmount"] == theirs["totalAmount"], name
-
-
 def test_slow_default_is_still_preferred(service: Service, fresh_processors: Any) -> None:
     fresh_processors.default.set_delay(300)
     for _ in range(5):
         assert service.pay().status == 202
     service.wait_settled()
-    assert counts(fresh_processors) == (5, 0)
-    assert_audit_exact(service, fresh_processors)
+    assert fresh_processors.stored() == (5, 0)
+    assert_exact(service, fresh_processors)
 
 
 def test_requested_at_is_stamped_past_the_announced_delay(
@@ -65,7 +50,7 @@ def test_requested_at_is_stamped_past_the_announced_delay(
     stored = fresh_processors.default.admin("GET", f"/payments/{correlation_id}").json()
     requested_at = datetime.fromisoformat(stored["requestedAt"]).replace(tzinfo=UTC)
     assert requested_at - posted_at >= timedelta(milliseconds=500)
-    assert_audit_exact(service, fresh_processors)
+    assert_exact(service, fresh_processors)
 
 
 def test_failing_default_routes_to_fallback_once_held_enough(
@@ -76,9 +61,9 @@ def test_failing_default_routes_to_fallback_once_held_enough(
     for _ in range(10):
         assert service.pay().status == 202
     service.wait_settled()
-    default, fallback = counts(fresh_processors)
+    default, fallback = fresh_processors.stored()
     assert (default, fallback) == (0, 10)
-    assert_audit_exact(service, fresh_processors)
+    assert_exact(service, fresh_processors)
 
 
 def test_failing_default_is_waited_for_up_to_max_hold(
@@ -92,8 +77,8 @@ def test_failing_default_is_waited_for_up_to_max_hold(
     assert service.summary()["pending"]["totalRequests"] == 5
     fresh_processors.default.set_failure(False)
     service.wait_settled()
-    assert counts(fresh_processors) == (5, 0)
-    assert_audit_exact(service, fresh_processors)
+    assert fresh_processors.stored() == (5, 0)
+    assert_exact(service, fresh_processors)
 
 
 def test_held_payment_goes_to_fallback_after_max_hold(
@@ -105,8 +90,8 @@ def test_held_payment_goes_to_fallback_after_max_hold(
         assert service.pay().status == 202
     assert service.summary()["pending"]["totalRequests"] == 5
     service.wait_settled()
-    assert counts(fresh_processors) == (0, 5)
-    assert_audit_exact(service, fresh_processors)
+    assert fresh_processors.stored() == (0, 5)
+    assert_exact(service, fresh_processors)
 
 
 def test_default_is_used_again_once_it_recovers(
@@ -122,14 +107,14 @@ def test_default_is_used_again_once_it_recovers(
     for _ in range(200):
         service.pay()
         service.wait_settled()
-        if counts(fresh_processors)[0]:
+        if fresh_processors.stored()[0]:
             break
-    _, fallback_before = counts(fresh_processors)
+    _, fallback_before = fresh_processors.stored()
     for _ in range(5):
         service.pay()
     service.wait_settled()
-    assert counts(fresh_processors)[1] == fallback_before
-    assert_audit_exact(service, fresh_processors)
+    assert fresh_processors.stored()[1] == fallback_before
+    assert_exact(service, fresh_processors)
 
 
 def test_unanswered_attempt_is_settled_on_the_same_processor(
@@ -141,13 +126,13 @@ def test_unanswered_attempt_is_settled_on_the_same_processor(
     correlation_id = str(uuid.uuid4())
     assert service.pay(correlation_id).status == 202
     summary = service.wait_settled()
-    assert counts(fresh_processors) == (1, 0)
+    assert fresh_processors.stored() == (1, 0)
     assert summary["default"]["totalRequests"] == 1
     stored = fresh_processors.default.admin("GET", f"/payments/{correlation_id}")
     requested_at = stored.json()["requestedAt"]
     # Recorded with exactly the requestedAt the processor stored.
     assert service.summary(requested_at, requested_at)["default"]["totalRequests"] == 1
-    assert_audit_exact(service, fresh_processors)
+    assert_exact(service, fresh_processors)
 
 
 def test_unanswered_attempt_that_was_not_stored_goes_elsewhere_once_settled(
@@ -164,8 +149,8 @@ def test_unanswered_attempt_that_was_not_stored_goes_elsewhere_once_settled(
     # Answers now come before the timeout: re-sends are refused, the lookup finds nothing.
     fresh_processors.default.set_delay(0)
     service.wait_settled()
-    assert counts(fresh_processors) == (0, 1)
-    assert_audit_exact(service, fresh_processors)
+    assert fresh_processors.stored() == (0, 1)
+    assert_exact(service, fresh_processors)
 
 
 def test_both_failing_holds_payments_until_one_recovers(
@@ -177,11 +162,11 @@ def test_both_failing_holds_payments_until_one_recovers(
     for _ in range(20):
         assert service.pay().status == 202
     assert service.summary()["pending"]["totalRequests"] == 20
-    assert counts(fresh_processors) == (0, 0)
+    assert fresh_processors.stored() == (0, 0)
     fresh_processors.fallback.set_failure(False)
     service.wait_settled()
-    assert sum(counts(fresh_processors)) == 20
-    assert_audit_exact(service, fresh_processors)
+    assert sum(fresh_processors.stored()) == 20
+    assert_exact(service, fresh_processors)
 
 
 def test_unreachable_default_is_routed_around(
@@ -193,7 +178,7 @@ def test_unreachable_default_is_routed_around(
     summary = service.wait_settled()
     assert summary["fallback"]["totalRequests"] == 5
     assert summary["default"]["totalRequests"] == 0
-    assert counts(fresh_processors) == (0, 5)
+    assert fresh_processors.stored() == (0, 5)
 
 
 def test_a_rejected_payment_holds_nothing_back(
@@ -251,9 +236,9 @@ def test_a_paced_backlog_leaves_a_pass_interval_at_a_time(
         assert service.pay(correlation_id).status == 202
     fresh_processors.default.set_failure(False)
     service.wait_settled()
-    assert counts(fresh_processors) == (40, 0)
+    assert fresh_processors.stored() == (40, 0)
     assert stamp_groups(fresh_processors.default, ids) <= 14
-    assert_audit_exact(service, fresh_processors)
+    assert_exact(service, fresh_processors)
 
 
 def test_holds_that_end_one_after_another_leave_a_pass_interval_at_a_time(
@@ -268,6 +253,6 @@ def test_holds_that_end_one_after_another_leave_a_pass_interval_at_a_time(
         assert service.pay(correlation_id).status == 202
         time.sleep(0.005)
     service.wait_settled()
-    assert counts(fresh_processors) == (0, 40)
+    assert fresh_processors.stored() == (0, 40)
     assert stamp_groups(fresh_processors.fallback, ids) <= 20
-    assert_audit_exact(service, fresh_processors)
+    assert_exact(service, fresh_processors)

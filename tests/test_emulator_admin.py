@@ -8,7 +8,7 @@ from decimal import Decimal
 
 import pytest
 
-from tests.processes import call
+from tests.support.processes import call
 
 ADMIN_ROUTES = [
     ("GET", "/admin/payments-summary", None),

@@ -12,8 +12,8 @@ import time
 import aiohttp
 import pytest
 
-from tests.processes import call
-from tests.test_emulator_payments import pipelined
+from tests.support.processes import call
+from tests.support.wire import pipelined
 
 WINDOW = 0.3
 # Timers may fire a hair before the loop's own clock says the window opened.

@@ -14,7 +14,8 @@ import aiohttp
 import pytest
 
 from rinha.clock import parse_us
-from tests.processes import Reply, call
+from tests.support.processes import Reply, call
+from tests.support.wire import pipelined
 
 REQUESTED_AT = "2025-07-15T12:34:56.000Z"
 
@@ -23,29 +24,6 @@ def payment_body(**fields: Any) -> dict[str, Any]:
     body = {"correlationId": str(uuid.uuid4()), "amount": 19.90, "requestedAt": REQUESTED_AT}
     body.update(fields)
     return body
-
-
-def pipelined(port: int, requests: list[bytes]) -> list[int]:
-    """Send `requests` in one write on one connection; the statuses of their answers."""
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(b"".join(requests))
-        data = b""
-        statuses: list[int] = []
-        while len(statuses) < len(requests):
-            head_end = data.find(b"\r\n\r\n")
-            if head_end < 0:
-                chunk = sock.recv(65536)
-                assert chunk, f"connection closed after {statuses}"
-                data += chunk
-                continue
-            head = data[:head_end].decode("latin-1").lower().split("\r\n")
-            length = next(int(line[15:]) for line in head if line.startswith("content-length:"))
-            if len(data) < head_end + 4 + length:
-                data += sock.recv(65536)
-                continue
-            statuses.append(int(head[0].split()[1]))
-            data = data[head_end + 4 + length :]
-        return statuses
 
 
 def post_request(body: dict[str, Any]) -> bytes:

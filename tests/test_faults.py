@@ -14,35 +14,17 @@ import re
 import shutil
 import subprocess
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 
-from tests.service_fixtures import Service, StackUnderTest
+from tests.support.clients import Service, StackUnderTest
+from tests.support.senders import pay_concurrently
 
 LONG = os.environ.get("RINHA_LONG") == "1"
 POST_LUA = Path(__file__).resolve().parent.parent / "bench" / "post.lua"
-
-
-async def pay_concurrently(port: int, count: int, senders: int = 50) -> list[str]:
-    """POST `count` fresh payments from `senders` concurrent clients; the ids answered 202."""
-    accepted: list[str] = []
-    async with aiohttp.ClientSession() as session:
-
-        async def sender(share: int) -> None:
-            for _ in range(share):
-                correlation_id = str(uuid.uuid4())
-                body = {"correlationId": correlation_id, "amount": 19.90}
-                async with session.post(f"http://127.0.0.1:{port}/payments", json=body) as r:
-                    if r.status == 202:
-                        accepted.append(correlation_id)
-
-        await asyncio.gather(*(sender(count // senders) for _ in range(senders)))
-    return accepted
 
 
 def figures(
@@ -93,7 +75,7 @@ def test_processor_killed_mid_request_and_restarted(
         default_url=default.url,
         fallback_url=fallback.url,
     )
-    accepted = asyncio.run(pay_concurrently(service.port, 100))
+    accepted = asyncio.run(pay_concurrently(service.url, 100))
     # Everything is held inside the default when it dies: none of it was stored.
     default.process.stop(9)
     replacement = processor_factory(fee="0.07", port=default.port, rate_limit_seconds=0.2)
@@ -105,7 +87,7 @@ def test_five_second_delays_are_waited_out_on_the_default(
     service: Service, fresh_processors: Any
 ) -> None:
     fresh_processors.default.set_delay(5000)
-    accepted = asyncio.run(pay_concurrently(service.port, 20, senders=20))
+    accepted = asyncio.run(pay_concurrently(service.url, 20, senders=20))
     ours = service.wait_settled(timeout=30)
     figures(
         "default at 5 s", accepted, [fresh_processors.default, fresh_processors.fallback], ours
@@ -121,7 +103,7 @@ def test_limiter_429s_are_retried(
     default.set_delay(100)
     fallback.set_delay(100)
     service = service_factory(default_url=default.url, fallback_url=fallback.url)
-    accepted = asyncio.run(pay_concurrently(service.port, 300))
+    accepted = asyncio.run(pay_concurrently(service.url, 300))
     ours = service.wait_settled(timeout=60)
     figures("processors' limiter answering 429", accepted, [default, fallback], ours)
 
@@ -133,7 +115,7 @@ def test_both_processors_down_then_back(service: Service, fresh_processors: Any)
     deadline = time.monotonic() + down_for
     accepted: list[str] = []
     while time.monotonic() < deadline:
-        accepted += asyncio.run(pay_concurrently(service.port, 50, senders=10))
+        accepted += asyncio.run(pay_concurrently(service.url, 50, senders=10))
         assert service.summary()["pending"]["totalRequests"] == len(accepted)
     fresh_processors.default.set_failure(False)
     fresh_processors.fallback.set_failure(False)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,8 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from tests.service_fixtures import Service, StackUnderTest
+from tests.support.clients import Service, StackUnderTest
+from tests.support.wire import exchange
 
 CASES = int(os.environ.get("RINHA_FUZZ_CASES", "1500"))
 FUZZ = settings(
@@ -134,23 +134,6 @@ bad_payments = st.one_of(
 )
 
 
-def exchange(address: tuple[str, int], data: bytes) -> bytes:
-    """Send `data`, stop sending, read until the server closes."""
-    with socket.create_connection(address, timeout=10) as sock:
-        try:
-            sock.sendall(data)
-            sock.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass  # the server may close before reading everything: that is an answer too
-        received = b""
-        try:
-            while chunk := sock.recv(65536):
-                received += chunk
-        except ConnectionResetError:
-            pass
-    return received
-
-
 def assert_refused(received: bytes) -> None:
     statuses = [int(s) for s in re.findall(rb"HTTP/1\.[01] (\d{3}) ", received)]
     # A 1xx is interim, not an answer: HAProxy says "100 Continue" to an Expect header before
@@ -187,7 +170,7 @@ def test_garbage_gets_4xx_or_a_close(
     def case(data: bytes) -> None:
         nonlocal count
         count += 1
-        assert_refused(exchange(("127.0.0.1", port), data))
+        assert_refused(exchange(port, data, half_close=True))
 
     case()
     print(f"\n{target}: {count} cases, all refused")
@@ -217,7 +200,7 @@ def test_bad_payments_get_a_reason(service: Service) -> None:
     def case(body: bytes) -> None:
         nonlocal count
         count += 1
-        received = exchange(("127.0.0.1", service.port), payment_request(body))
+        received = exchange(service.port, payment_request(body), half_close=True)
         head, _, answer = received.partition(b"\r\n\r\n")
         assert re.match(rb"HTTP/1\.1 4(00|22) ", head), (body, received)
         assert json.loads(answer)["error"]

@@ -14,8 +14,9 @@ import pytest
 import uvloop
 
 from rinha.http import HttpServer
-from tests.processes import free_port
-from tests.service_fixtures import Service
+from tests.support.clients import Service
+from tests.support.processes import free_port
+from tests.support.wire import exchange
 
 
 def payment_request(close: bool = False) -> bytes:
@@ -29,18 +30,6 @@ def payment_request(close: bool = False) -> bytes:
 
 SUMMARY = b"GET /payments-summary HTTP/1.1\r\nHost: t\r\n\r\n"
 CLOSE = b"GET /payments-summary HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
-
-
-def exchange(port: int, *pieces: bytes) -> bytes:
-    """Send each piece in its own write, then read until the server closes."""
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        for piece in pieces:
-            sock.sendall(piece)
-        received = b""
-        while chunk := sock.recv(65536):
-            received += chunk
-    return received
 
 
 def statuses(received: bytes) -> list[int]:
@@ -143,17 +132,6 @@ def test_an_upgrade_is_refused_before_anything_acts(service: Service, head: byte
     assert service.summary()["default"]["totalRequests"] == 1  # not purged
 
 
-def unix_exchange(socket_path: str, request: bytes) -> bytes:
-    with socket.socket(socket.AF_UNIX) as sock:
-        sock.settimeout(5)
-        sock.connect(socket_path)
-        sock.sendall(request)
-        received = b""
-        while chunk := sock.recv(65536):
-            received += chunk
-    return received
-
-
 @pytest.mark.parametrize(
     ("method", "path"),
     [("GET", "/control/purge"), ("GET", "/control/health")],
@@ -166,7 +144,7 @@ def test_control_routes_refuse_another_method(
     assert service.pay().status == 202
     service.wait_settled()
     request = f"{method} {path} HTTP/1.1\r\nHost: r\r\nConnection: close\r\n\r\n".encode()
-    assert statuses(unix_exchange(control, request)) == [405]
+    assert statuses(exchange(control, request)) == [405]
     assert service.summary()["default"]["totalRequests"] == 1
 
 

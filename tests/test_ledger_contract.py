@@ -1,13 +1,10 @@
 """The ledger contract (rinha/ledger/__init__.py), the same cases against every store.
 
 - embedded: `EmbeddedLedger`, in-process.
-- mongodb: `MongoLedger` over a real socket to a real server. No mongod can be installed here,
-  so the server is a stand-in, a fake by necessity: SecantusDB (`secantusd-py`), a MongoDB
-  wire-protocol server over WiredTiger. It is found through env SECANTUSD, then PATH, then
-  /opt/secantus/bin (install: `python -m venv /opt/secantus &&
-  /opt/secantus/bin/pip install SecantusDB==0.7.0b3`). Set RINHA_TEST_MONGO_URL to run the
-  same cases against a real MongoDB instead; the cases that stop the store then skip, since
-  they cannot stop a server they did not start.
+- mongodb: `MongoLedger` over a real socket to a real server: the SecantusDB stand-in for
+  MongoDB (tests/support/clusters.py says how it is found and why it is a stand-in), or the
+  MongoDB RINHA_TEST_MONGO_URL names; the cases that stop the store then skip, since they
+  cannot stop a server they did not start.
 
 A MongoDB ledger writes in the background, so a record is awaited until the summary shows it,
 within `VISIBLE_WITHIN` (the audit reads windows ending 1.5 s before now, SPEC.md §4). That a
@@ -18,36 +15,28 @@ in order, so everything recorded before it has been written or refused by then.
 from __future__ import annotations
 
 import asyncio
-import os
 import random
-import shutil
-import subprocess
 import time
 import uuid
-from collections.abc import Callable, Coroutine, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import pymongo
 import pytest
 import uvloop
-from pymongo.errors import PyMongoError
 
 from rinha.clock import now_ms, parse_us
 from rinha.cluster.store.ledger import MongoLedger
 from rinha.ledger import Ledger, LedgerUnavailable, Summary, Totals
 from rinha.ledger.embedded import EmbeddedLedger
-from tests.processes import free_port
-from tests.service_fixtures import Service
+from tests.support.clients import Service
+from tests.support.clusters import StandIn, with_database
 
 VISIBLE_WITHIN = 1.0
 # A dead store must answer (with LedgerUnavailable) well before a client gives up.
 UNAVAILABLE_WITHIN = 2.0
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-STAND_IN_VENV = Path("/opt/secantus/bin/secantusd-py")
 # Accepted long before any purge a test makes.
 ACCEPTED_MS = 1
 
@@ -84,103 +73,6 @@ def new_id() -> str:
 
 
 # The stores
-
-
-def stand_in_executable() -> str | None:
-    named = os.environ.get("SECANTUSD") or shutil.which("secantusd-py")
-    if named:
-        return named
-    return str(STAND_IN_VENV) if STAND_IN_VENV.exists() else None
-
-
-@dataclass
-class StandIn:
-    """A SecantusDB server on a loopback port, which a test may stop and start again."""
-
-    executable: str
-    storage: str  # a directory kept across restarts, or ":memory:"
-    port: int
-    popen: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"mongodb://127.0.0.1:{self.port}/?directConnection=true"
-
-    def start(self) -> StandIn:
-        command = [self.executable, "--host", "127.0.0.1", "--port", str(self.port)]
-        command += ["--storage-path", self.storage, "--standalone", "--log-level", "WARNING"]
-        self.popen = subprocess.Popen(command)
-        client: Any = pymongo.MongoClient(self.url, serverSelectionTimeoutMS=200)
-        deadline = time.monotonic() + 20
-        try:
-            while True:
-                try:
-                    client.admin.command("ping")
-                    return self
-                except PyMongoError:
-                    if self.popen.poll() is not None or time.monotonic() > deadline:
-                        self.stop()
-                        raise RuntimeError(f"{command} did not start") from None
-        finally:
-            client.close()
-
-    def stop(self) -> None:
-        if self.popen is not None and self.popen.poll() is None:
-            self.popen.terminate()
-            try:
-                self.popen.wait(10)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait()
-
-
-def mongo_skip_reason() -> str | None:
-    if os.environ.get("RINHA_TEST_MONGO_URL") or stand_in_executable():
-        return None
-    return (
-        "no MongoDB: set RINHA_TEST_MONGO_URL, or install the stand-in: python -m venv "
-        "/opt/secantus && /opt/secantus/bin/pip install SecantusDB==0.7.0b3"
-    )
-
-
-def with_database(url: str, name: str) -> str:
-    """`url` naming database `name`, its options kept."""
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(path=f"/{name}"))
-
-
-@pytest.fixture(scope="session")
-def mongo_url() -> Iterator[str]:
-    """A MongoDB server for the session: RINHA_TEST_MONGO_URL, or a stand-in started here."""
-    reason = mongo_skip_reason()
-    if reason:
-        pytest.skip(reason)
-    given = os.environ.get("RINHA_TEST_MONGO_URL")
-    if given:
-        yield given
-        return
-    executable = stand_in_executable()
-    assert executable is not None
-    server = StandIn(executable, ":memory:", free_port()).start()
-    try:
-        yield server.url
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def stoppable_stand_in(tmp_path: Path) -> Iterator[StandIn]:
-    """A stand-in of this test's own, its data on disk so that it survives a restart."""
-    if os.environ.get("RINHA_TEST_MONGO_URL"):
-        pytest.skip("stops the store: runs only against a stand-in started here")
-    reason = mongo_skip_reason()
-    if reason:
-        pytest.skip(reason)
-    executable = stand_in_executable()
-    assert executable is not None
-    server = StandIn(executable, str(tmp_path / "store"), free_port()).start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture(params=["embedded", "mongodb"])

@@ -16,31 +16,11 @@ from typing import Any
 from urllib.parse import urlencode
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-from tests.processes import Process, call, free_port
-from tests.service_fixtures import Service, StackUnderTest
-from tests.test_audit import run_burst
-
-# Metric name -> {labels as sorted (name, value) pairs: value}.
-Scrape = dict[str, dict[tuple[tuple[str, str], ...], float]]
-
-
-def scrape(port: int) -> Scrape:
-    reply = call(port, "GET", "/metrics")
-    assert reply.status == 200, reply
-    assert reply.headers["content-type"].startswith("text/plain; version=0.0.4")
-    samples: Scrape = {}
-    for family in text_string_to_metric_families(reply.body.decode()):
-        for sample in family.samples:
-            samples.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = (
-                sample.value
-            )
-    return samples
-
-
-def value(samples: Scrape, name: str, **labels: str) -> float:
-    return samples[name][tuple(sorted(labels.items()))]
+from tests.support.clients import Service, StackUnderTest
+from tests.support.metrics import Scrape, scrape, value
+from tests.support.processes import Process, call, free_port
+from tests.support.senders import burst
 
 
 def wait_scrape(port: int, ready: Callable[[Scrape], bool], timeout: float = 10.0) -> Scrape:
@@ -178,8 +158,9 @@ def test_prometheus_scrapes_what_the_processors_confirmed(
     args += [f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"]
     prometheus = Process(args, port, program=program).start("/-/ready")
     try:
-        accepted, differences, _ = asyncio.run(run_burst(stack, fresh_processors))  # type: ignore[arg-type]
-        assert differences == []
+        found = asyncio.run(burst(fresh_processors, lambda index: [stack.url], [stack.url]))
+        accepted = len(found.accepted)
+        assert found.differences == []
         stack.wait_settled()
         theirs = {
             name: getattr(fresh_processors, name).summary() for name in ("default", "fallback")

@@ -9,17 +9,10 @@ from typing import Any
 
 import pytest
 
-from tests.processes import call
-from tests.service_fixtures import Service
+from tests.support.clients import Service
+from tests.support.processes import call
 
 UUID = str(uuid.uuid4())
-
-
-def processed(processors: Any) -> tuple[int, int]:
-    return (
-        processors.default.summary()["totalRequests"],
-        processors.fallback.summary()["totalRequests"],
-    )
 
 
 def test_accepted_payment_is_processed_by_the_default(
@@ -30,7 +23,7 @@ def test_accepted_payment_is_processed_by_the_default(
     assert reply.body == b""
     summary = service.wait_settled()
     assert summary["default"] == {"totalRequests": 1, "totalAmount": 19.9}
-    assert processed(fresh_processors) == (1, 0)
+    assert fresh_processors.stored() == (1, 0)
     assert fresh_processors.default.summary()["totalAmount"] == 19.9
 
 
@@ -59,7 +52,7 @@ def test_bad_input_is_refused_and_changes_nothing(
     summary = service.summary()
     assert summary["pending"]["totalRequests"] == 0
     assert summary["default"]["totalRequests"] == 0
-    assert processed(fresh_processors) == (0, 0)
+    assert fresh_processors.stored() == (0, 0)
 
 
 def test_a_replayed_correlation_id_is_charged_once(
@@ -73,7 +66,7 @@ def test_a_replayed_correlation_id_is_charged_once(
     assert service.pay(correlation_id).status == 202
     summary = service.wait_settled()
     assert summary["default"]["totalRequests"] == 1
-    assert processed(fresh_processors) == (1, 0)
+    assert fresh_processors.stored() == (1, 0)
 
 
 def test_full_buffer_answers_429_and_loses_nothing_accepted(
@@ -90,7 +83,7 @@ def test_full_buffer_answers_429_and_loses_nothing_accepted(
     fresh_processors.fallback.set_failure(False)
     summary = service.wait_settled()
     assert summary["default"]["totalRequests"] + summary["fallback"]["totalRequests"] == accepted
-    assert sum(processed(fresh_processors)) == accepted
+    assert sum(fresh_processors.stored()) == accepted
 
 
 def test_pending_payments_are_visible_until_processed(
@@ -105,4 +98,4 @@ def test_pending_payments_are_visible_until_processed(
     fresh_processors.default.set_failure(False)
     summary = service.wait_settled()
     assert summary["default"] == {"totalRequests": 3, "totalAmount": 30.03}
-    assert processed(fresh_processors) == (3, 0)
+    assert fresh_processors.stored() == (3, 0)

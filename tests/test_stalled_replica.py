@@ -14,9 +14,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from tests.processes import call
-from tests.service_fixtures import Service, StackUnderTest
-from tests.test_audit import iso
+from tests.support.audit import iso
+from tests.support.clients import Service, StackUnderTest
+from tests.support.processes import call
 
 CLIENT_TIMEOUT = 1.5  # the official test's
 

@@ -10,8 +10,8 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from tests.processes import call
-from tests.service_fixtures import Service
+from tests.support.clients import Service
+from tests.support.processes import call
 
 
 def shift(timestamp: str, milliseconds: int) -> str:

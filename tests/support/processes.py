@@ -1,4 +1,5 @@
-"""Real processes for the tests: start a command, wait until it answers HTTP, stop it at the end."""
+"""Real processes for the tests: start a command, wait until it answers HTTP, stop it at the end;
+one HTTP request; waiting for a condition with a deadline."""
 
 from __future__ import annotations
 
@@ -10,13 +11,15 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 
-def free_port() -> int:
+def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((host, 0))
         return sock.getsockname()[1]
 
 
@@ -51,22 +54,6 @@ def call(
         return Reply(answer.status, {k.lower(): v for k, v in answer.getheaders()}, answer.read())
     finally:
         conn.close()
-
-
-def unix_call(socket_path: str, method: str, path: str, body: bytes = b"") -> Reply:
-    """One HTTP request over a unix socket (a replica's control socket or public listener)."""
-    head = f"{method} {path} HTTP/1.1\r\nHost: r\r\nConnection: close\r\n"
-    head += f"Content-Length: {len(body)}\r\n\r\n"
-    with socket.socket(socket.AF_UNIX) as sock:
-        sock.connect(socket_path)
-        sock.sendall(head.encode() + body)
-        received = b""
-        while chunk := sock.recv(65536):
-            received += chunk
-    status_line, _, rest = received.partition(b"\r\n")
-    lines, _, answer = rest.partition(b"\r\n\r\n")
-    headers = dict(line.decode().lower().split(": ", 1) for line in lines.split(b"\r\n") if line)
-    return Reply(int(status_line.split()[1]), headers, answer)
 
 
 @dataclass
@@ -104,3 +91,25 @@ class Process:
         except subprocess.TimeoutExpired:
             self.popen.kill()
             return self.popen.wait()
+
+
+def wait_for(condition: Callable[[], object], what: str, timeout: float = 20.0) -> None:
+    """Until `condition()` holds; fails after `timeout` saying `what` was awaited."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"{what}: not within {timeout} s"
+        time.sleep(0.05)
+
+
+def wait_dead(pid: int) -> None:
+    """Until the process has exited (a zombie has closed its sockets too)."""
+    status = Path(f"/proc/{pid}/status")
+    deadline = time.monotonic() + 10
+    while status.exists():
+        try:
+            if "\nState:\tZ" in status.read_text():
+                return
+        except OSError:
+            return
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
