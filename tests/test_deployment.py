@@ -34,11 +34,11 @@ from rinha.bench.compose import (
     docker,
 )
 from rinha.stack import FEES
-from tests.conftest import EmulatedProcessor, Processors
-from tests.processes import Process, free_port
-from tests.service_fixtures import Service
-from tests.test_audit import run_burst
-from tests.test_deployment_files import limits, services
+from tests.support.audit import assert_exact
+from tests.support.clients import Client, EmulatedProcessor, Processors
+from tests.support.compose_files import limits, services
+from tests.support.processes import Process, free_port
+from tests.support.senders import burst
 
 CFS_PERIOD_US = 100_000
 
@@ -89,12 +89,11 @@ def emulators(deployment: ComposeStack) -> Processors:
 def test_a_burst_with_a_replica_killed_is_exact_and_the_replica_restarts(
     deployment: ComposeStack,
 ) -> None:
-    # Service only for its port: the stack answers there.
-    stack = Service(Process([], PUBLIC_PORT))
+    stack = Client(PUBLIC_PORT)
     processors = emulators(deployment)
     killed = deployment.pid("replica-2")
 
-    async def kill_replica() -> None:
+    async def kill_replica(pause: asyncio.Event) -> None:
         # A crash, not a stop: SIGKILL to the replica's process from outside its container.
         await asyncio.sleep(0.5)
         os.kill(killed, signal.SIGKILL)
@@ -102,23 +101,24 @@ def test_a_burst_with_a_replica_killed_is_exact_and_the_replica_restarts(
 
     # The final's audit window ends 2 s before now: the killed replica's calls in flight are
     # settled by its restart within that.
-    accepted, differences, audits = asyncio.run(
-        run_burst(stack, processors, kill_replica, lag=timedelta(seconds=2))
+    found = asyncio.run(
+        burst(
+            processors,
+            lambda index: [stack.url],
+            [stack.url],
+            meanwhile=kill_replica,
+            lag=timedelta(seconds=2),
+        )
     )
-    assert accepted > 0 and audits >= 5
-    assert differences == []
+    assert found.accepted and found.audits >= 5
+    assert found.differences == []
     state = deployment.inspect("replica-2")
     assert state["RestartCount"] == 1 and state["State"]["Running"]
-    # Nothing lost, nothing counted twice: what every replica says is what the processors say,
+    # Nothing lost, nothing counted twice: what the stack says is what the processors say,
     # and every payment answered 202 was processed.
-    ours = stack.wait_settled()
-    processed = 0
-    for name in PROCESSOR_NAMES:
-        theirs = getattr(processors, name).summary()
-        for key in ("totalRequests", "totalAmount"):
-            assert ours[name][key] == theirs[key], name
-        processed += ours[name]["totalRequests"]
-    assert processed >= accepted
+    theirs = assert_exact(stack, processors)
+    processed = sum(theirs[name]["totalRequests"] for name in PROCESSOR_NAMES)
+    assert processed >= len(found.accepted)
 
 
 def wait_restarted(deployment: ComposeStack, service: str, old_pid: int) -> None:

@@ -31,11 +31,11 @@ from rinha.bench.cgroups import CONTEST_LIMITS
 from rinha.cli import build_parser
 from rinha.config import OneHost, service_config
 from rinha.stack import METRICS_PORTS, Child, StackOptions, plan
+from tests.support.compose_files import COMPOSE_FILES, compose_file, limits, services
 
 yaml = pytest.importorskip("yaml", reason="PyYAML is not installed (pip install -e '.[test]')")
 
 ROOT = Path(__file__).resolve().parent.parent
-COMPOSE_FILES = {"default": ROOT / "compose.yaml", "mongo": ROOT / "compose.mongo.yaml"}
 STACKS = sorted(COMPOSE_FILES)
 CONTAINERFILE = ROOT / "Containerfile"
 HAPROXY_CONFIG = ROOT / "haproxy" / "haproxy.cfg"
@@ -48,15 +48,6 @@ PROCESSOR_URLS = {
     "PROCESSOR_DEFAULT_URL": "http://payment-processor-default:8080",
     "PROCESSOR_FALLBACK_URL": "http://payment-processor-fallback:8080",
 }
-BYTE_UNITS = {"b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
-
-
-def compose_file(stack: str) -> dict[str, Any]:
-    return yaml.safe_load(COMPOSE_FILES[stack].read_text())
-
-
-def services(stack: str) -> dict[str, dict[str, Any]]:
-    return compose_file(stack)["services"]
 
 
 def depends_on(service: dict[str, Any]) -> list[str]:
@@ -70,18 +61,6 @@ def is_replica(service: dict[str, Any]) -> bool:
 
 def replicas(stack: str) -> list[str]:
     return sorted(name for name, service in services(stack).items() if is_replica(service))
-
-
-def megabytes(text: str) -> float:
-    parsed = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([bkmg])b?", text.lower())
-    assert parsed is not None, f"not a compose byte value: {text}"
-    amount, unit = parsed.groups()
-    return float(amount) * BYTE_UNITS[unit] / 1024**2
-
-
-def limits(service: dict[str, Any]) -> tuple[float, float]:
-    capped = service["deploy"]["resources"]["limits"]
-    return float(capped["cpus"]), megabytes(capped["memory"])
 
 
 def mounts(service: dict[str, Any]) -> dict[str, str]:
