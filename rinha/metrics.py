@@ -1,7 +1,7 @@
 """Prometheus metrics of one replica, served on a listener of their own (never the public port).
 
 Nothing here runs on a request's path. The service keeps plain int counters where each event
-already happens (app.py, dispatcher.py, processor_client.py, journal.py); `ServiceCollector`
+already happens (app.py, delivery/, processor_client.py, journal.py); `ServiceCollector`
 reads them, and the dispatcher's state, only when a scrape asks, and prometheus_client renders
 the text format. Every series is this replica's view since it started: a restarted replica
 starts its counters at zero again, which Prometheus's rate() and increase() allow for.
