@@ -83,13 +83,15 @@ class Process:
         raise TimeoutError(f"{self.args} did not answer on port {self.port}")
 
     def stop(self, sig: int = signal.SIGTERM) -> int | None:
+        """Signal the child's whole process group (its own session): a wrapper such as
+        faketime forks the program it runs, which must stop with it."""
         if self.popen is None or self.popen.poll() is not None:
             return None if self.popen is None else self.popen.returncode
-        self.popen.send_signal(sig)
+        os.killpg(self.popen.pid, sig)
         try:
             return self.popen.wait(10)
         except subprocess.TimeoutExpired:
-            self.popen.kill()
+            os.killpg(self.popen.pid, signal.SIGKILL)
             return self.popen.wait()
 
 
