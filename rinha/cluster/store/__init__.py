@@ -52,8 +52,6 @@ SILENT_UNSETTLED = response(
 # A replica whose lease has gone unrenewed this long (it renews every 0.5 s) is silent: a
 # summary looks its payments up on the processors.
 SILENT_MS = 1000
-# Before the first purge.
-NEVER_PURGED = -1
 
 T = TypeVar("T")
 Document = dict[str, Any]
@@ -72,7 +70,6 @@ class StoreCluster(Cluster):
         self.name = REPLICA_PREFIX + uuid.uuid4().hex
         self._clients = clients
         self._health_interval = health_interval
-        self._purged_at_ms = NEVER_PURGED
         self._tasks: list[asyncio.Task[None]] = []
         self._loop = asyncio.get_running_loop()
 
@@ -100,7 +97,7 @@ class StoreCluster(Cluster):
         dispatcher.allow(-math.inf, 0)  # nothing leaves before the first renewal
         self.known_ids.update(recovered.known_ids)
         purged_at_ms = await _patiently("waiting for the store", self._join)
-        self._set_purged_at(purged_at_ms)
+        self._takeover.purged_at_ms = purged_at_ms
         known = {
             correlation_id: payment
             for correlation_id, payment in recovered.pending.items()
@@ -200,18 +197,15 @@ class StoreCluster(Cluster):
 
     async def _purged_elsewhere(self, at_ms: int) -> None:
         """A purge asked of another replica, seen at a renewal."""
-        if at_ms > self._purged_at_ms:
+        if at_ms > self._takeover.purged_at_ms:
             self._forget(at_ms)
             await self._claims.collection.delete_many(
                 {"owner": self.name, "acceptedMs": {"$lte": at_ms}}
             )
 
-    def _set_purged_at(self, at_ms: int) -> None:
-        self._purged_at_ms = max(self._purged_at_ms, at_ms)
-        self._takeover.purged_at_ms = self._purged_at_ms
-
     def _forget(self, up_to_ms: int) -> None:
-        self._set_purged_at(up_to_ms)
+        takeover = self._takeover
+        takeover.purged_at_ms = max(takeover.purged_at_ms, up_to_ms)
         self._claims.forget(up_to_ms)
         self._dispatcher.purge(up_to_ms)
         self.forget_known(up_to_ms)

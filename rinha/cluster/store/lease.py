@@ -99,15 +99,11 @@ class Lease:
         }
         return [doc["_id"] async for doc in self._leases.find(query, {"_id": 1})]
 
-    async def renew(self) -> None:
-        """Renew once; raises PyMongoError when the store does not answer."""
-        await self._renew()
-
     async def renew_forever(self) -> None:
         try:
             while True:
                 try:
-                    await self._renew()
+                    await self.renew()
                 except Exception:
                     log.exception("lease not renewed")
                     self._hold_poller(False)  # another replica may hold it by now
@@ -116,7 +112,8 @@ class Lease:
         finally:
             self._hold_poller(False)
 
-    async def _renew(self) -> None:
+    async def renew(self) -> None:
+        """Renew once; raises PyMongoError when the store does not answer."""
         started = self._loop.time()
         sent_ms = now_ms()
         renewed = await self._leases.find_one_and_update(

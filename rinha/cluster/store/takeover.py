@@ -25,6 +25,8 @@ from rinha.payments import Payment
 if TYPE_CHECKING:
     from rinha.delivery import Dispatcher
 
+# Before the first purge.
+NEVER_PURGED = -1
 # A dead lease that owns nothing is deleted this long after it expired.
 FORGET_DEAD_AFTER_MS = 60_000
 
@@ -45,7 +47,9 @@ class Takeover:
         self._leases = leases
         self._dispatcher = dispatcher
         self._known_ids = known_ids
-        self.purged_at_ms = -1  # kept up to date by the cluster
+        # The moment of the last purge this replica obeyed (the cluster moves it): claims
+        # accepted up to it are nobody's to take over.
+        self.purged_at_ms = NEVER_PURGED
         # Ids of the claims this run moved to itself from dead runs and took up; claims moved
         # and not taken up (a reply lost, no room) are found again by `take_up_moved`.
         self._taken: set[str] = set()
