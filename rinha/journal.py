@@ -5,7 +5,8 @@ fact is acted on: the 202 leaves after its `A` line, a processor call after its 
 write() is in the kernel once it returns, so a killed process loses nothing; `fsync` (a
 setting) also covers the machine losing power, at the price of a disk flush per acceptance.
 
-    A <id> <cents> <accepted_ms>      accepted (answered 202)
+    A <id> <cents> <accepted_ms>      accepted (answered 202); again for an id already
+                                      accepted: a client's retry, the first one stands
     S <id> <processor> <requested_ms> sent: an attempt is under way with this requestedAt
     R <id>                            the last attempt is known not stored (refused, released)
     C <id> <processor> <requested_ms> <cents> <accepted_ms>   confirmed and recorded
@@ -17,8 +18,13 @@ setting) also covers the machine losing power, at the price of a disk flush per 
 Recovery replays the lines: confirmed payments rebuild the ledger, accepted ones without a
 confirmation are pending again, and one whose last attempt is neither confirmed nor refused is
 settled on that processor with the same requestedAt before it may go anywhere else (it may
-have been stored). A torn last line is ignored: its fact was never acted on. Start-up rewrites
-the journal compacted to what recovery needs.
+have been stored). A torn last line was never acted on: it is cut off at start.
+
+Start-up takes no time that grows with the journal: a run opens the journal and appends after
+what the earlier runs left at once, and reads that part back in pieces while it answers
+(`recover`), so its lines come after every earlier run's. Once it is taken up, the journal is
+rewritten compacted beside it, a piece at a time, with this run's lines appended to the
+rewrite and the rewrite renamed over the journal in one step (`compact`).
 
 A running replica holds its journal's lock file (`lock`), so that no second process writes
 it; on one host, the other replicas read it too (rinha/cluster/peers.py).
@@ -26,12 +32,14 @@ it; on one host, the other replicas read it too (rinha/cluster/peers.py).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import errno
 import fcntl
 import math
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from rinha.ledger import PROCESSORS
@@ -39,6 +47,9 @@ from rinha.payments import Payment
 
 # The moment of a bare `P` line: everything accepted before it.
 EVERYTHING = math.inf
+# What earlier runs left is read back, and rewritten compacted, in pieces of about this many
+# bytes, with the requests that arrived meanwhile answered between them.
+PIECE = 16384
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,8 +128,10 @@ class Recovered(Replay):
         self._attempts: dict[str, tuple[str, int]] = {}
 
     def accepted(self, correlation_id: str, cents: int, accepted_ms: int) -> None:
-        self.known_ids.setdefault(correlation_id, accepted_ms)
-        self.pending.setdefault(correlation_id, Payment(correlation_id, cents, accepted_ms))
+        if correlation_id in self.known_ids:
+            return  # a retry answered while the first acceptance was being read back
+        self.known_ids[correlation_id] = accepted_ms
+        self.pending[correlation_id] = Payment(correlation_id, cents, accepted_ms)
 
     def sent(self, correlation_id: str, processor: str, requested_at_ms: int) -> None:
         self._attempts[correlation_id] = (processor, requested_at_ms)
@@ -151,17 +164,82 @@ class Recovered(Replay):
                 payment.unsettled_on = processor
                 payment.requested_at_ms = requested_at_ms
 
+    def lines(self) -> Iterator[str]:
+        """This state as the lines of a compacted journal. From the state's own records, not
+        the payments', which the dispatcher changes as it sends them."""
+        if self.last_incarnation is not None:
+            yield f"I {self.last_incarnation}\n"
+        for c in self.confirmed_entries:
+            at, cents, accepted = c.requested_at_ms, c.cents, c.accepted_ms
+            yield f"C {c.correlation_id} {c.processor} {at} {cents} {accepted}\n"
+        for correlation_id, payment in self.pending.items():
+            yield f"A {correlation_id} {payment.cents} {payment.accepted_ms}\n"
+            attempt = self._attempts.get(correlation_id)
+            if attempt is not None:
+                yield f"S {correlation_id} {attempt[0]} {attempt[1]}\n"
+
+
+def replay(state: Replay, descriptor: int, end: int) -> Iterator[None]:
+    """Apply the whole lines among the first `end` bytes of `descriptor` to `state`, a piece
+    at a time, yielding after each piece."""
+    offset = 0
+    while offset < end:
+        data = os.pread(descriptor, min(PIECE, end - offset), offset)
+        cut = data.rfind(b"\n") + 1
+        if not cut:
+            if len(data) < PIECE:
+                return  # a torn last line: its fact was never acted on
+            cut = len(data)  # no line is this long: an unreadable stretch, skipped
+        state.apply_lines(data[:cut].decode("ascii", errors="replace").split("\n"))
+        offset += cut
+        yield
+
 
 def read_journal(path: str) -> Recovered:
+    """The journal at `path` as a restart recovers it."""
     state = Recovered()
     try:
-        with open(path, encoding="ascii", errors="replace", newline="\n") as journal:
-            # A torn last line was never acted on.
-            state.apply_lines(line for line in journal if line.endswith("\n"))
+        descriptor = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
         return state
+    try:
+        for _ in replay(state, descriptor, os.fstat(descriptor).st_size):
+            pass
+    finally:
+        os.close(descriptor)
     state.settle_unsettled()
     return state
+
+
+def _pieces(lines: Iterable[str]) -> Iterator[bytes]:
+    """`lines` joined into pieces of at least PIECE bytes, the last one shorter."""
+    piece: list[str] = []
+    size = 0
+    for line in lines:
+        piece.append(line)
+        size += len(line)
+        if size >= PIECE:
+            yield "".join(piece).encode()
+            piece, size = [], 0
+    yield "".join(piece).encode()
+
+
+def _write_whole(descriptor: int, data: bytes) -> None:
+    written = os.write(descriptor, data)
+    if written != len(data):
+        raise OSError(errno.ENOSPC, f"written short ({written} of {len(data)} bytes)")
+
+
+def end_of_last_line(descriptor: int, size: int) -> int:
+    """Where the last whole line among the first `size` bytes of `descriptor` ends."""
+    end = size
+    while end > 0:
+        start = max(0, end - PIECE)
+        newline = os.pread(descriptor, end - start, start).rfind(b"\n")
+        if newline >= 0:
+            return start + newline + 1
+        end = start
+    return 0
 
 
 def lock(path: str, wait: float) -> int:
@@ -180,28 +258,19 @@ def lock(path: str, wait: float) -> int:
             time.sleep(0.01)
 
 
-def _lines(state: Recovered) -> list[str]:
-    lines = [] if state.last_incarnation is None else [f"I {state.last_incarnation}\n"]
-    lines += [
-        f"C {c.correlation_id} {c.processor} {c.requested_at_ms} {c.cents} {c.accepted_ms}\n"
-        for c in state.confirmed_entries
-    ]
-    for payment in state.pending.values():
-        lines.append(f"A {payment.correlation_id} {payment.cents} {payment.accepted_ms}\n")
-        if payment.unsettled_on is not None:
-            lines.append(
-                f"S {payment.correlation_id} {payment.unsettled_on} {payment.requested_at_ms}\n"
-            )
-    return lines
-
-
 class NoJournal:
     """For a replica run without a journal: a crash loses what it held in memory."""
 
     size = 0
 
-    def recover(self) -> Recovered:
+    def open(self) -> None:
+        pass
+
+    async def recover(self) -> Recovered:
         return Recovered()
+
+    async def compact(self, state: Recovered) -> None:
+        pass
 
     def accepted(self, payment: Payment) -> None:
         pass
@@ -234,23 +303,57 @@ class Journal:
         self._fd = -1
         self._lock = -1
         self.size = 0  # bytes in the file: where a short write is cut back to
+        self._earlier = 0  # bytes the earlier runs left: this run's lines follow them
 
-    def recover(self) -> Recovered:
-        """Take the journal (JournalInUse if another process has it), read what an earlier
-        run left, rewrite it compacted, and open it for appending."""
+    def open(self) -> None:
+        """Take the journal (JournalInUse if another process has it), cut a torn last line
+        off, and open it for appending: this run's lines follow what the earlier runs left,
+        which `recover` reads."""
         os.makedirs(os.path.dirname(os.path.abspath(self._path)), exist_ok=True)
         # A purge appending for a dead replica holds the lock for microseconds.
         self._lock = lock(self._path, wait=5.0)
-        state = read_journal(self._path)
-        compacted = self._path + ".compacting"
-        with open(compacted, "w", encoding="ascii") as out:
-            out.writelines(_lines(state))
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(compacted, self._path)
-        self._fd = os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        self.size = os.fstat(self._fd).st_size
+        self._fd = os.open(self._path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+        size = os.fstat(self._fd).st_size
+        self._earlier = self.size = end_of_last_line(self._fd, size)
+        if self.size < size:
+            # Else this run's first line would be glued to it, and read as one bad line.
+            os.ftruncate(self._fd, self.size)
+
+    async def recover(self) -> Recovered:
+        """What the earlier runs left, read back a piece at a time while this run answers."""
+        state = Recovered()
+        for _ in replay(state, self._fd, self._earlier):
+            await asyncio.sleep(0)
+        state.settle_unsettled()
         return state
+
+    async def compact(self, state: Recovered) -> None:
+        """Rewrite the journal as `state`, what the earlier runs left as this run took it up,
+        followed by this run's own lines. The rewrite is written beside the journal a piece
+        at a time; then, in one step with no await, so that no line is appended meanwhile,
+        this run's lines are copied after it and it is renamed over the journal. A crash at
+        any point leaves a journal that recovers the same: the old one stays whole until the
+        rename, which is atomic. Peers reading the journal read the rewrite from its start."""
+        path = self._path + ".compacting"
+        descriptor = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            for piece in _pieces(state.lines()):
+                _write_whole(descriptor, piece)
+                await asyncio.sleep(0)
+            # The bulk reaches the disk off the event loop; the rename must not come first.
+            await asyncio.get_running_loop().run_in_executor(None, os.fsync, descriptor)
+            this_run = os.pread(self._fd, self.size - self._earlier, self._earlier)
+            _write_whole(descriptor, this_run)
+            os.fsync(descriptor)
+            os.replace(path, self._path)
+        except BaseException:
+            os.close(descriptor)
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            raise
+        os.close(self._fd)
+        self._fd = descriptor
+        self.size = os.fstat(descriptor).st_size
 
     def _write(self, line: bytes) -> None:
         """The whole line or an OSError: a short write (a full disk) is cut off again, so no

@@ -1,5 +1,9 @@
 """One service instance: listeners, dispatcher and cluster, started and stopped in order (stop
-like uvicorn's `Server.shutdown`: close listeners, drain, cancel at a deadline)."""
+like uvicorn's `Server.shutdown`: close listeners, drain, cancel at a deadline).
+
+A restarted replica listens before it has read its journal back: that takes time in
+proportion to the journal, and the cluster takes it up while the replica answers (or first,
+where its shape needs it; rinha/cluster/). The journal is compacted after."""
 
 from __future__ import annotations
 
@@ -36,32 +40,13 @@ async def run_service(config: ServiceConfig) -> None:
         if config.journal is None
         else Journal(config.journal, fsync=config.journal_fsync)
     )
-    recovered = journal.recover()
+    journal.open()
     log.info("journal: %s", config.journal or "none (a crash loses what this replica holds)")
     cluster = open_cluster(config.topology, journal, clients, config.health_interval)
-    for entry in recovered.confirmed_entries:
-        cluster.ledger.record(
-            entry.correlation_id,
-            entry.processor,
-            entry.requested_at_ms,
-            entry.cents,
-            entry.accepted_ms,
-        )
-    if recovered.pending or recovered.confirmed_entries:
-        log.info(
-            "recovered %d confirmed and %d pending payments from %s",
-            len(recovered.confirmed_entries),
-            len(recovered.pending),
-            config.journal,
-        )
     dispatcher = Dispatcher(
-        cluster.ledger,
-        clients,
-        journal,
-        config.dispatch,
-        capacity=config.dispatch.buffer_capacity + len(recovered.pending),
+        cluster.ledger, clients, journal, config.dispatch, capacity=config.dispatch.buffer_capacity
     )
-    await cluster.start(dispatcher, recovered)
+    taking_up = await cluster.start(dispatcher)
     app = App(dispatcher, cluster)
     dispatcher.start()
     server = HttpServer(app.handle)
@@ -77,6 +62,18 @@ async def run_service(config: ServiceConfig) -> None:
         metrics = MetricsServer(app, dispatcher, clients, journal)
         await metrics.listen(config.metrics_host, config.metrics_port)
 
+    recovered = await taking_up
+    if recovered.pending or recovered.confirmed_entries:
+        log.info(
+            "recovered %d confirmed and %d pending payments from %s",
+            len(recovered.confirmed_entries),
+            len(recovered.pending),
+            config.journal,
+        )
+    try:
+        await journal.compact(recovered)
+    except OSError as error:
+        log.warning("journal not compacted, kept whole: %s", error)
     # Everything made at start-up lives as long as the process: keep it out of the
     # collector's full passes, whose pauses would land on some request's latency.
     gc.freeze()

@@ -50,7 +50,7 @@ def descriptor_of(path: Path) -> int:
 
 async def deliver_through_a_failing_journal(processors: Any, path: Path) -> dict[str, Any]:
     journal = Journal(str(path), fsync=False)
-    journal.recover()
+    journal.open()
     ledger = EmbeddedLedger()
     clients = {
         name: ProcessorClient(name, getattr(processors, name).url, timeout=5)
@@ -113,7 +113,7 @@ from rinha.journal import Journal, read_journal
 from rinha.payments import Payment
 
 journal = Journal(sys.argv[1], fsync=False)
-journal.recover()
+journal.open()
 # The file may grow to this many bytes: the write that crosses it is cut short (and Python
 # ignores the SIGXFSZ that comes with it).
 resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[2]), int(sys.argv[2])))

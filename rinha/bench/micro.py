@@ -160,7 +160,7 @@ async def in_process(ops: int) -> list[tuple[str, float]]:
             "  the same, journaled (write + fsync)": (Journal(f"{scratch}/f", fsync=True), 200),
         }
         for name, (journal, count) in journals.items():
-            journal.recover()
+            journal.open()
             app = App(fresh_dispatcher(), lone_replica(journal, clients))
             connection = HttpConnection(app.handle, HttpServer(app.handle))
             transport = _CountingTransport()

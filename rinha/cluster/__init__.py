@@ -74,8 +74,23 @@ class Cluster(abc.ABC):
             del known[correlation_id]
 
     @abc.abstractmethod
-    async def start(self, dispatcher: Dispatcher, recovered: Recovered) -> None:
-        """Take up what the journal's previous run left and join the others."""
+    async def start(self, dispatcher: Dispatcher) -> Awaitable[Recovered]:
+        """Join the others, before this replica answers. Returns the taking up of what the
+        journal's earlier runs left: under way while this replica answers, or done already
+        where the shape must have it first."""
+
+    def take_up_confirmed(self, recovered: Recovered) -> None:
+        """The earlier runs' confirmed payments recorded again, and every id they accepted
+        known (answered 202 again, charged nothing)."""
+        for entry in recovered.confirmed_entries:
+            self.ledger.record(
+                entry.correlation_id,
+                entry.processor,
+                entry.requested_at_ms,
+                entry.cents,
+                entry.accepted_ms,
+            )
+        self.known_ids.update(recovered.known_ids)
 
     @abc.abstractmethod
     async def summary(self, from_ms: int | None, to_ms: int | None) -> Summary:

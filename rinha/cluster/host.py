@@ -10,7 +10,10 @@
   makes the purge a 503, and a retry purges everything again.
 - **Health**: replica 1 polls the processors and pushes every report to the others.
 - **Share of the processors' calls**: each replica's fixed `--max-in-flight`.
-- **A dead replica**: restarted on its journal, it takes up what it held.
+- **A dead replica**: restarted on its journal, it takes up what it held. It answers at once,
+  while it reads its journal back; a summary asked meanwhile waits for the end of that
+  (`TAKE_UP_WAIT`, else a 503), and a payment accepted meanwhile waits too, so that a client's
+  retry of one the journal holds is found there and charged once.
 
 With no peer named this is a lone replica.
 """
@@ -20,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING
 
 from rinha.clock import now_ms
@@ -53,6 +57,10 @@ PEER_UNSETTLED = response(
 # this (a requestedAt is past the processor's announced delay and the answer's way back), are
 # looked up by a summary: its replica is stalled or dead.
 OVERDUE_MS = 1000
+TAKING_UP = response(503, b'{"error":"this replica is reading its journal back; totals unknown"}')
+# How long a summary waits for a restarted replica to take up its journal: well within the
+# 1.5 s HAProxy gives an answer (haproxy/haproxy.cfg).
+TAKE_UP_WAIT = 1.0
 CONTROL_OK = response(200, b"{}")
 CONTROL_BAD_PURGE = response(400, b'{"error":"a purge names the moment it forgets up to"}')
 CONTROL_NOT_FOUND = response(404, b'{"error":"no such route"}')
@@ -76,15 +84,16 @@ class HostCluster(Cluster):
         self._control = HttpServer(self._handle_control)
         self._tasks: list[asyncio.Task[None]] = []
         self._started_at = 0.0
+        self._taken_up = asyncio.Event()
+        # The latest purge's moment: what the journal's earlier runs left is forgotten up to
+        # it when it is taken up, however late.
+        self._purged_up_to = -math.inf
 
     def knows(self, correlation_id: str) -> bool:
         return correlation_id in self.known_ids or self._peers.know(correlation_id)
 
-    async def start(self, dispatcher: Dispatcher, recovered: Recovered) -> None:
+    async def start(self, dispatcher: Dispatcher) -> Awaitable[Recovered]:
         self._dispatcher = dispatcher
-        self.known_ids.update(recovered.known_ids)
-        dispatcher.allow(math.inf, self._topology.max_in_flight)
-        dispatcher.restore(list(recovered.pending.values()))
         if self._topology.control is not None:
             await self._control.listen_unix(self._topology.control)
         loop = asyncio.get_running_loop()
@@ -94,8 +103,29 @@ class HostCluster(Cluster):
         if self._topology.poll_health:
             poller = poll_health(self._clients, self._health_interval, self._publish)
             self._tasks.append(loop.create_task(poller))
+        return loop.create_task(self._take_up())
+
+    async def _take_up(self) -> Recovered:
+        """Read the journal's earlier runs back while this replica answers, then take them up
+        in one step with no await: the purges asked meanwhile forget their part; the payments
+        accepted meanwhile, held until now (nothing leaves before `allow`), go behind the
+        earlier pending ones, and those that retried an earlier payment are dropped."""
+        recovered = await self.journal.recover()
+        if self._purged_up_to > -math.inf:
+            recovered.purged(self._purged_up_to)
+        self.take_up_confirmed(recovered)
+        self._dispatcher.take_up(list(recovered.pending.values()), recovered.known_ids)
+        self._dispatcher.allow(math.inf, self._topology.max_in_flight)
+        self._taken_up.set()
+        return recovered
 
     async def summary(self, from_ms: int | None, to_ms: int | None) -> Summary:
+        if not self._taken_up.is_set():
+            try:
+                async with asyncio.timeout(TAKE_UP_WAIT):
+                    await self._taken_up.wait()
+            except TimeoutError:
+                raise ClusterUnavailable(TAKING_UP, "journal still being read back") from None
         dispatcher = self._dispatcher
         totals = await self._ledger.summary(from_ms, to_ms)
         totals["pending"] = Totals(dispatcher.pending_count, dispatcher.pending_cents)
@@ -151,6 +181,7 @@ class HostCluster(Cluster):
         """Everything accepted up to `up_to_ms`, at once (no await): the journal first, so
         that a restart forgets it too."""
         self.journal.purged(up_to_ms)
+        self._purged_up_to = max(self._purged_up_to, up_to_ms)
         self._dispatcher.purge(up_to_ms)
         self._ledger.forget(up_to_ms)
         self.forget_known(up_to_ms)

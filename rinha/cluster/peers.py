@@ -236,10 +236,11 @@ class PeerJournal(Replay):
         self.known_ids = {i: at for i, at in self.known_ids.items() if at > up_to_ms}
 
     def accepted(self, correlation_id: str, cents: int, accepted_ms: int) -> None:
-        self.known_ids.setdefault(correlation_id, accepted_ms)
-        if correlation_id not in self._pending:
-            self._pending[correlation_id] = (cents, accepted_ms)
-            self._pending_cents += cents
+        if correlation_id in self.known_ids:
+            return  # a retry answered while the first acceptance was being read back
+        self.known_ids[correlation_id] = accepted_ms
+        self._pending[correlation_id] = (cents, accepted_ms)
+        self._pending_cents += cents
 
     def sent(self, correlation_id: str, processor: str, requested_at_ms: int) -> None:
         if correlation_id in self._pending:

@@ -8,7 +8,8 @@ or purged. It is in exactly one place:
 - taken over from a dead replica and being looked up, on no slot.
 
 The ring buffer is sized for every pending payment, so a payment coming back from a slot or
-from aside always fits.
+from aside always fits; it grows when payments an earlier run accepted are restored, which the
+bound on pending payments does not count (`capacity` grows by as many).
 """
 
 from __future__ import annotations
@@ -59,6 +60,26 @@ class Backlog:
         self.count += 1
         self.cents += payment.cents
         return len(self.line) == 1
+
+    def restore(self, payments: list[Payment]) -> None:
+        """Count in payments an earlier run accepted, last in line, with room made for them."""
+        self.capacity += len(payments)
+        if self.capacity > self.line.capacity:
+            # Doubled at least: a store's takeover restores its payments one at a time.
+            line: RingBuffer[Payment] = RingBuffer(max(self.capacity, 2 * self.line.capacity))
+            while (payment := self.line.pop()) is not None:
+                line.push(payment)
+            self.line = line
+        for payment in payments:
+            self.add(payment)
+
+    def take_line(self) -> list[Payment]:
+        """Take every payment waiting in line out of the backlog, oldest first."""
+        taken = []
+        while (payment := self.line.pop()) is not None:
+            self._forget(payment)
+            taken.append(payment)
+        return taken
 
     def add_adopted(self, payment: Payment) -> None:
         self._adopted.add(payment)

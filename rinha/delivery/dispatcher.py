@@ -32,7 +32,7 @@ per delivery.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
+from collections.abc import Container, Coroutine
 from typing import Any
 
 from rinha.config import DispatchSettings
@@ -123,13 +123,25 @@ class Dispatcher:
         return self._scheduler.send_until
 
     def restore(self, payments: list[Payment]) -> None:
-        """Queue payments a previous run accepted; an unsettled one is settled first, counting
-        its settle time from now, since its attempt may still be held by the processor."""
+        """Queue payments a previous run accepted, beyond the buffer's capacity (that is for
+        this run's); an unsettled one is settled first, counting its settle time from now,
+        since its attempt may still be held by the processor."""
         now = self._loop.time()
         for payment in payments:
-            payment.unsettled_since = now
-            if not self.submit(payment):
-                raise ValueError("buffer capacity is below the payments to restore")
+            payment.accepted_at = payment.unsettled_since = now
+        self._backlog.restore(payments)
+        self._scheduler.soon()
+
+    def take_up(self, payments: list[Payment], earlier_ids: Container[str]) -> None:
+        """Restore a previous run's payments first in line, ahead of those this run accepted
+        while its journal was read back, none of which has left yet. Of those, one whose id
+        is in `earlier_ids` (the previous run accepted it) was a client's retry of that
+        payment, answered 202 again: it is dropped, and the payment charged once."""
+        accepted_meanwhile = self._backlog.take_line()
+        self.restore(payments)
+        for payment in accepted_meanwhile:
+            if payment.correlation_id not in earlier_ids:
+                self._backlog.add(payment)
 
     def adopt(self, payment: Payment) -> None:
         """Take up a payment from a replica that died (room permitting): it may have sent it

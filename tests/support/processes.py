@@ -3,6 +3,7 @@ one HTTP request; waiting for a condition with a deadline."""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -66,11 +67,17 @@ class Process:
     program: str = sys.executable
     host: str = "127.0.0.1"
     popen: subprocess.Popen[bytes] | None = None
+    log: Path | None = None  # where its stderr goes, appended to; else the test's own
 
     def start(self, ready_path: str, timeout: float = 15.0) -> Process:
-        self.popen = subprocess.Popen(
-            [self.program, *self.args], env={**os.environ, **self.env}, start_new_session=True
-        )
+        with contextlib.ExitStack() as opened:
+            log = None if self.log is None else opened.enter_context(open(self.log, "ab"))
+            self.popen = subprocess.Popen(
+                [self.program, *self.args],
+                env={**os.environ, **self.env},
+                start_new_session=True,
+                stderr=log,
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.popen.poll() is not None:

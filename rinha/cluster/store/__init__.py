@@ -73,11 +73,12 @@ class StoreCluster(Cluster):
         self._tasks: list[asyncio.Task[None]] = []
         self._loop = asyncio.get_running_loop()
 
-    async def start(self, dispatcher: Dispatcher, recovered: Recovered) -> None:
+    async def start(self, dispatcher: Dispatcher) -> Awaitable[Recovered]:
         """Take this run's lease, then take up what the journal's previous run left: the
         payments still its own in the store, as the journal knows them; those it accepted and
         never claimed, to be claimed now; those only the store knows, looked up on both
-        processors. Waits for the store."""
+        processors. Waits for the store, and takes the journal up before this replica
+        answers: the previous run's claims are moved before this run claims anything."""
         self._dispatcher = dispatcher
         database = self._ledger.database
         self._claims = Claims(self._ledger, self.name, dispatcher)
@@ -95,7 +96,8 @@ class StoreCluster(Cluster):
             self._claims.hand_over,
         )
         dispatcher.allow(-math.inf, 0)  # nothing leaves before the first renewal
-        self.known_ids.update(recovered.known_ids)
+        recovered = await self.journal.recover()
+        self.take_up_confirmed(recovered)
         purged_at_ms = await _patiently("waiting for the store", self._join)
         self._takeover.purged_at_ms = purged_at_ms
         known = {
@@ -124,6 +126,9 @@ class StoreCluster(Cluster):
             loop.create_task(self._claims.write_forever()),
             loop.create_task(self._lease.renew_forever()),
         ]
+        taken_up: asyncio.Future[Recovered] = loop.create_future()
+        taken_up.set_result(recovered)
+        return taken_up
 
     async def _join(self) -> int:
         await self._lease.join()

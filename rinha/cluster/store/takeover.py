@@ -79,11 +79,12 @@ class Takeover:
     async def take_over_previous(self, previous: str, known: dict[str, Payment]) -> list[Payment]:
         """This journal's previous run is dead (the journal's lock is ours): its payments are
         this run's, without waiting for its lease to expire. Each one its journal knows goes
-        on as the journal says (room for those is kept); one only the store knows is looked up
-        on both processors. Returns the payments the journal knows and the store does not:
-        accepted, never claimed. Safe to call again after a failure."""
+        on as the journal says (restored beyond the buffer's capacity); one only the store
+        knows is looked up on both processors, room permitting. Returns the payments the
+        journal knows and the store does not: accepted, never claimed. Safe to call again
+        after a failure."""
         await self._leases.update_one({"_id": previous}, {"$set": {"dead": True}})
-        while self._dispatcher.room > len(known):
+        while not self._dispatcher.full:
             doc = await self._move_claim(previous)
             if doc is None:
                 break
