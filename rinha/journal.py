@@ -179,7 +179,7 @@ class Recovered(Replay):
                 yield f"S {correlation_id} {attempt[0]} {attempt[1]}\n"
 
 
-def replay(state: Replay, descriptor: int, end: int) -> Iterator[None]:
+def _read_pieces(state: Replay, descriptor: int, end: int) -> Iterator[None]:
     """Apply the whole lines among the first `end` bytes of `descriptor` to `state`, a piece
     at a time, yielding after each piece."""
     offset = 0
@@ -203,7 +203,7 @@ def read_journal(path: str) -> Recovered:
     except FileNotFoundError:
         return state
     try:
-        for _ in replay(state, descriptor, os.fstat(descriptor).st_size):
+        for _ in _read_pieces(state, descriptor, os.fstat(descriptor).st_size):
             pass
     finally:
         os.close(descriptor)
@@ -230,7 +230,7 @@ def _write_whole(descriptor: int, data: bytes) -> None:
         raise OSError(errno.ENOSPC, f"written short ({written} of {len(data)} bytes)")
 
 
-def end_of_last_line(descriptor: int, size: int) -> int:
+def _end_of_last_line(descriptor: int, size: int) -> int:
     """Where the last whole line among the first `size` bytes of `descriptor` ends."""
     end = size
     while end > 0:
@@ -314,7 +314,7 @@ class Journal:
         self._lock = lock(self._path, wait=5.0)
         self._fd = os.open(self._path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
         size = os.fstat(self._fd).st_size
-        self._earlier = self.size = end_of_last_line(self._fd, size)
+        self._earlier = self.size = _end_of_last_line(self._fd, size)
         if self.size < size:
             # Else this run's first line would be glued to it, and read as one bad line.
             os.ftruncate(self._fd, self.size)
@@ -322,7 +322,7 @@ class Journal:
     async def recover(self) -> Recovered:
         """What the earlier runs left, read back a piece at a time while this run answers."""
         state = Recovered()
-        for _ in replay(state, self._fd, self._earlier):
+        for _ in _read_pieces(state, self._fd, self._earlier):
             await asyncio.sleep(0)
         state.settle_unsettled()
         return state

@@ -106,14 +106,18 @@ class HostCluster(Cluster):
         return loop.create_task(self._take_up())
 
     async def _take_up(self) -> Recovered:
-        """Read the journal's earlier runs back while this replica answers, then take them up
-        in one step with no await: the purges asked meanwhile forget their part; the payments
-        accepted meanwhile, held until now (nothing leaves before `allow`), go behind the
-        earlier pending ones, and those that retried an earlier payment are dropped."""
+        """Read the journal's earlier runs back and record their confirmed payments while
+        this replica answers, then take the rest up in one step with no await: the purges
+        asked meanwhile forget their part; the payments accepted meanwhile, held until now
+        (nothing leaves before `allow`), go behind the earlier pending ones, and those that
+        retried an earlier payment are dropped."""
         recovered = await self.journal.recover()
+        await self.record_confirmed(recovered)
         if self._purged_up_to > -math.inf:
             recovered.purged(self._purged_up_to)
-        self.take_up_confirmed(recovered)
+            # Recorded after a purge's own forgetting, some of them are its to forget.
+            self._ledger.forget(self._purged_up_to)
+        self.known_ids.update(recovered.known_ids)
         self._dispatcher.take_up(list(recovered.pending.values()), recovered.known_ids)
         self._dispatcher.allow(math.inf, self._topology.max_in_flight)
         self._taken_up.set()

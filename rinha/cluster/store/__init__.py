@@ -97,7 +97,8 @@ class StoreCluster(Cluster):
         )
         dispatcher.allow(-math.inf, 0)  # nothing leaves before the first renewal
         recovered = await self.journal.recover()
-        self.take_up_confirmed(recovered)
+        await self.record_confirmed(recovered)
+        self.known_ids.update(recovered.known_ids)
         purged_at_ms = await _patiently("waiting for the store", self._join)
         self._takeover.purged_at_ms = purged_at_ms
         known = {
