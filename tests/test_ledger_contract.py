@@ -259,6 +259,71 @@ def test_a_payment_accepted_before_a_purge_and_recorded_after_it_is_not_counted(
     run(case())
 
 
+def test_an_id_accepted_again_after_a_purge_counts_though_its_late_record_came_first(
+    mongo_url: str,
+) -> None:
+    """(issue 22, H9) The late record of a payment accepted before a purge kept its id: the
+    same id accepted after the purge and confirmed met a duplicate key, and never counted."""
+
+    async def case() -> None:
+        url = with_database(mongo_url, f"contract_{uuid.uuid4().hex[:12]}")
+        purger, late = open_ledger(url), open_ledger(url)
+        again = new_id()
+        accepted_before_ms = now_ms()
+        await purger.purge()
+        late.record(again, "default", 1000, 1990, accepted_before_ms)
+        late.record(new_id(), "fallback", 1001, 5, now_ms() + 1)
+        await until_visible(purger, totals(fallback=(1, 5)))
+        purger.record(again, "default", 1002, 1990, now_ms() + 1)
+        await until_visible(purger, totals(default=(1, 1990), fallback=(1, 5)))
+        # Later still, the old acceptance's record replaces nothing.
+        late.record(again, "default", 1000, 1990, accepted_before_ms)
+        late.record(new_id(), "fallback", 1003, 5, now_ms() + 1)
+        await until_visible(purger, totals(default=(1, 1990), fallback=(2, 10)))
+        await purger.close()
+        await late.close()
+
+    run(case())
+
+
+def test_the_late_record_of_an_earlier_acceptance_leaves_a_newer_claim_owned(
+    mongo_url: str,
+) -> None:
+    """(issue 22, H9) A stored confirmation ends its payment's claim (rinha/cluster/store/):
+    the late record of an acceptance from before a purge ended the claim of the same id
+    accepted after it, still pending, which then counted nowhere and could not be taken over."""
+    url = with_database(mongo_url, f"contract_{uuid.uuid4().hex[:12]}")
+    client: Any = pymongo.MongoClient(url, serverSelectionTimeoutMS=2000)
+    claims = client.get_default_database()["claims"]
+
+    async def case() -> None:
+        purger, late = open_ledger(url), open_ledger(url)
+        again = new_id()
+        accepted_before_ms = now_ms()
+        await purger.purge()
+        accepted_ms = now_ms() + 1
+        claims.insert_one(
+            {"_id": again, "owner": "replica:r", "cents": 1990, "acceptedMs": accepted_ms}
+        )
+        late.record(again, "default", 1000, 1990, accepted_before_ms)
+        late.record(new_id(), "fallback", 1001, 5, now_ms() + 1)
+        await until_visible(purger, totals(fallback=(1, 5)))
+        deadline = time.monotonic() + VISIBLE_WITHIN  # the claims' ends follow the records
+        while time.monotonic() < deadline:
+            assert claims.find_one({"_id": again})["owner"] == "replica:r"
+            await asyncio.sleep(0.05)
+        purger.record(again, "default", 1002, 1990, accepted_ms)
+        await until_visible(purger, totals(default=(1, 1990), fallback=(1, 5)))
+        deadline = time.monotonic() + VISIBLE_WITHIN
+        while "owner" in claims.find_one({"_id": again}):
+            assert time.monotonic() < deadline, "the claim of the payment recorded is not over"
+            await asyncio.sleep(0.05)
+        await purger.close()
+        await late.close()
+
+    run(case())
+
+
 # A store that goes away (MongoDB only: the embedded ledger has no store to lose)
 
 

@@ -9,7 +9,9 @@ Every part lives in the store's database:
 - takeover (`takeover.py`): a dead replica's payments are neither lost nor charged twice.
 
 Purge (`{_id: "purge", atMs}`): every replica forgets, at its next renewal, the payments it
-accepted up to that moment; a summary counts only payments accepted after it.
+accepted up to that moment; a summary counts only payments accepted after it. The replica the
+purge was asked of answers once every live replica has obeyed it (within a renewal, 0.5 s), so
+that nothing accepted before a purge answered 200 is sent after it; else a 503.
 
 Clocks: leases and the purge compare the replicas' wall clocks, so the hosts' clocks must agree
 (NTP) to well within the lease's 3 s and the gap a client leaves after a purge.
@@ -46,12 +48,15 @@ log = logging.getLogger("rinha")
 
 LEASE_LAPSED = response(503, b'{"error":"cannot keep the payment now, retry later"}')
 STORE_UNAVAILABLE = response(503, b'{"error":"the ledger store did not answer; totals unknown"}')
+PURGE_UNOBEYED = response(503, b'{"error":"a replica has not obeyed the purge yet; purge again"}')
 SILENT_UNSETTLED = response(
     503, b'{"error":"a silent replica\'s payment cannot be looked up; totals unknown"}'
 )
 # A replica whose lease has gone unrenewed this long (it renews every 0.5 s) is silent: a
 # summary looks its payments up on the processors.
 SILENT_MS = 1000
+# How long a purge waits for every live replica to obey it: two renewals.
+PURGE_WAIT = 1.0
 
 T = TypeVar("T")
 Document = dict[str, Any]
@@ -187,11 +192,15 @@ class StoreCluster(Cluster):
 
     async def purge(self) -> None:
         """Every replica forgets what it accepted up to now: this one at once, the others at
-        their next renewal."""
+        their next renewal, which this one waits for."""
         try:
-            self._forget(await self._ledger.purge())
+            at_ms = await self._ledger.purge()
+            self._forget(at_ms)
+            obeyed = await self._lease.obeyed(at_ms, PURGE_WAIT)
         except (LedgerUnavailable, PyMongoError) as error:
             raise ClusterUnavailable(STORE_UNAVAILABLE, str(error)) from error
+        if not obeyed:
+            raise ClusterUnavailable(PURGE_UNOBEYED, "a live replica has not obeyed the purge")
 
     async def close(self) -> None:
         """Its lease stays: it expires, and whoever marks it dead finds what is left, if

@@ -8,7 +8,8 @@ every RENEW_INTERVAL for LEASE_MS ahead. At each renewal a replica reads every d
   polls the processors' health and stores each report (`{_id: "health"}`), which every replica
   applies at its next renewal;
 - `{_id: "purge", atMs}` (rinha/cluster/store/ledger.py): a purge newer than the last one seen
-  here makes this replica forget what it accepted up to then.
+  here makes this replica forget what it accepted up to then, and say so in its lease
+  (`obeyedMs`): the replica the purge was asked of answers once every live one has.
 
 A replica whose lease lapses (the store out of reach) starts no attempt until it is renewed,
 and one that finds its lease marked dead exits: others own its payments now.
@@ -29,7 +30,7 @@ from pymongo.errors import PyMongoError
 from rinha.clock import now_ms
 from rinha.cluster import poll_health
 from rinha.cluster.store.ledger import PURGE_ID
-from rinha.cluster.store.takeover import Takeover
+from rinha.cluster.store.takeover import NEVER_PURGED, Takeover
 from rinha.processor_client import HealthReport, ProcessorClient
 
 if TYPE_CHECKING:
@@ -48,6 +49,8 @@ HEALTH_ID = "health"
 REPLICA_PREFIX = "replica:"
 # The exit status of a replica that found its lease taken over.
 TAKEN_OVER = 3
+# How often a purge reads whether every live replica has obeyed it.
+OBEYED_POLL = 0.05
 
 Document = dict[str, Any]
 # The store's clock, in epoch milliseconds, inside an update pipeline.
@@ -78,6 +81,7 @@ class Lease:
         self._loop = asyncio.get_running_loop()
         self._poller: asyncio.Task[None] | None = None
         self._health_at_ms = 0
+        self._obeyed_ms = NEVER_PURGED  # the last purge this lease says was obeyed
         self._back_at = float("-inf")  # when its lease was renewed after it had lapsed
         # The store's clock less this host's, as of the last renewal (within half its round
         # trip).
@@ -98,6 +102,24 @@ class Lease:
             "expiresMs": {"$lt": renewed_before_ms + LEASE_MS},
         }
         return [doc["_id"] async for doc in self._leases.find(query, {"_id": 1})]
+
+    async def obeyed(self, at_ms: int, within: float) -> bool:
+        """Whether every other live replica says, within `within` seconds, that it obeyed
+        the purge of `at_ms`: until it renews, a replica still sends what it accepted before.
+        One whose lease has expired sends nothing."""
+        deadline = self._loop.time() + within
+        while True:
+            query = {
+                "_id": {"$regex": f"^{REPLICA_PREFIX}", "$ne": self._name},
+                "dead": {"$ne": True},
+                "expiresMs": {"$gte": now_ms() + self.clock_offset_ms},
+            }
+            leases = self._leases.find(query, {"obeyedMs": 1})
+            if all([doc.get("obeyedMs", NEVER_PURGED) >= at_ms async for doc in leases]):
+                return True
+            if self._loop.time() >= deadline:
+                return False
+            await asyncio.sleep(OBEYED_POLL)
 
     async def renew_forever(self) -> None:
         try:
@@ -140,8 +162,12 @@ class Lease:
         self._hold_poller(bool(holder.matched_count))
         docs = {doc["_id"]: doc async for doc in self._leases.find({})}
         purge = docs.get(PURGE_ID)
-        if purge is not None:
+        if purge is not None and purge["atMs"] > self._obeyed_ms:
             await self._purged(purge["atMs"])
+            await self._leases.update_one(
+                {"_id": self._name}, {"$set": {"obeyedMs": purge["atMs"]}}
+            )
+            self._obeyed_ms = purge["atMs"]
         health = docs.get(HEALTH_ID)
         if health is not None and health["atMs"] > self._health_at_ms:
             self._health_at_ms = health["atMs"]

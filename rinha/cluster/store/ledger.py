@@ -11,6 +11,9 @@ and the payment counting.
 Each document's `_id` is the payment's correlationId. A batch written again after its
 acknowledgement was lost, a journal replayed after a restart, or a payment two replicas both
 saw confirmed, stores nothing twice: the duplicate-key errors they meet mean "already there".
+But for one case: a document of the same id accepted earlier is from before a purge (an id is
+answered 202 once between purges), written late by a replica still delivering it; the newer
+acceptance replaces it, or that id would never count again.
 
 A document also keeps when its payment was accepted (`acceptedMs`, the accepting replica's wall
 clock). A purge stores its moment in the `cluster` collection and deletes what was accepted up
@@ -37,7 +40,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from bson.datetime_ms import DatetimeMS
-from pymongo import ASCENDING, AsyncMongoClient, ReturnDocument
+from pymongo import ASCENDING, AsyncMongoClient, ReturnDocument, UpdateOne
 from pymongo.errors import BulkWriteError, PyMongoError
 
 from rinha.cluster.store.batches import FIRST_RETRY_DELAY, MAX_RETRY_DELAY, BatchWriter
@@ -212,6 +215,10 @@ class MongoLedger:
             failed = []
         except BulkWriteError as error:
             failed = _not_stored(batch, error.details)
+            for index in _duplicates(error.details):
+                doc = batch[index]
+                older = {"_id": doc["_id"], "acceptedMs": {"$lt": doc["acceptedMs"]}}
+                await self._payments.replace_one(older, doc)
         for doc in batch:
             if doc not in failed:
                 self._claim_ends.add((doc["_id"], doc["acceptedMs"]))
@@ -220,9 +227,18 @@ class MongoLedger:
     async def _end_claims(self, ends: list[tuple[str, int]]) -> list[tuple[str, int]]:
         """A stored payment's claim is over (rinha/cluster/store/claims.py): its owner goes,
         or a replica would take it over and count it pending."""
-        ids = [correlation_id for correlation_id, _ in ends]
-        await self._claims.update_many({"_id": {"$in": ids}}, {"$unset": {"owner": ""}})
+        # The claim of this acceptance: one of the same id accepted again after a purge is
+        # another payment's.
+        ended = {"$unset": {"owner": ""}}
+        updates = [UpdateOne({"_id": i, "acceptedMs": at}, ended) for i, at in ends]
+        await self._claims.bulk_write(updates, ordered=False)
         return []
+
+
+def _duplicates(details: Mapping[str, Any]) -> list[int]:
+    """The indices in an unordered bulk insert of the documents refused as duplicate keys."""
+    errors = details.get("writeErrors", ())
+    return [error["index"] for error in errors if error.get("code") == DUPLICATE_KEY]
 
 
 def _not_stored(batch: list[Document], details: Mapping[str, Any]) -> list[Document]:
