@@ -215,14 +215,28 @@ class MongoLedger:
             failed = []
         except BulkWriteError as error:
             failed = _not_stored(batch, error.details)
-            for index in _duplicates(error.details):
-                doc = batch[index]
-                older = {"_id": doc["_id"], "acceptedMs": {"$lt": doc["acceptedMs"]}}
-                await self._payments.replace_one(older, doc)
+            duplicates = [batch[index] for index in _duplicates(error.details)]
+            failed += await self._replace_older(duplicates)
         for doc in batch:
             if doc not in failed:
                 self._claim_ends.add((doc["_id"], doc["acceptedMs"]))
         return failed
+
+    async def _replace_older(self, duplicates: list[Document]) -> list[Document]:
+        """Of the documents refused as duplicate keys, those whose stored namesake was
+        accepted earlier, before a purge, take its place (mostly there are none: a restart's
+        replayed journal meets itself). The ones whose namesake a purge deleted meanwhile, to
+        be written again."""
+        if not duplicates:
+            return []
+        ids = [doc["_id"] for doc in duplicates]
+        stored = self._payments.find({"_id": {"$in": ids}}, {"acceptedMs": 1})
+        accepted = {doc["_id"]: doc["acceptedMs"] async for doc in stored}
+        for doc in duplicates:
+            if doc["_id"] in accepted and accepted[doc["_id"]] < doc["acceptedMs"]:
+                older = {"_id": doc["_id"], "acceptedMs": {"$lt": doc["acceptedMs"]}}
+                await self._payments.replace_one(older, doc)
+        return [doc for doc in duplicates if doc["_id"] not in accepted]
 
     async def _end_claims(self, ends: list[tuple[str, int]]) -> list[tuple[str, int]]:
         """A stored payment's claim is over (rinha/cluster/store/claims.py): its owner goes,
