@@ -79,11 +79,10 @@ class StoreCluster(Cluster):
         self._loop = asyncio.get_running_loop()
 
     async def start(self, dispatcher: Dispatcher) -> Awaitable[Recovered]:
-        """Take this run's lease, then take up what the journal's previous run left: the
-        payments still its own in the store, as the journal knows them; those it accepted and
-        never claimed, to be claimed now; those only the store knows, looked up on both
-        processors. Waits for the store, and takes the journal up before this replica
-        answers: the previous run's claims are moved before this run claims anything."""
+        """Take this run's lease and keep it alive while taking up what the journal's
+        previous run left (through a slow store, that may take longer than a lease), then
+        renew it from now on. Waits for the store, and takes the journal up before this
+        replica answers: the previous run's claims are moved before this run claims anything."""
         self._dispatcher = dispatcher
         database = self._ledger.database
         self._claims = Claims(self._ledger, self.name, dispatcher)
@@ -105,6 +104,28 @@ class StoreCluster(Cluster):
         await self.record_confirmed(recovered)
         self.known_ids.update(recovered.known_ids)
         purged_at_ms = await _patiently("waiting for the store", self._join)
+        kept_alive = asyncio.get_running_loop().create_task(self._lease.keep_alive())
+        try:
+            await self._take_up(dispatcher, recovered, purged_at_ms)
+        finally:
+            kept_alive.cancel()
+        # Renewed once before the first POST: one is refused while the lease has lapsed.
+        await _patiently("renewing the lease", self._lease.renew)
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(self._claims.write_forever()),
+            loop.create_task(self._lease.renew_forever()),
+        ]
+        taken_up: asyncio.Future[Recovered] = loop.create_future()
+        taken_up.set_result(recovered)
+        return taken_up
+
+    async def _take_up(
+        self, dispatcher: Dispatcher, recovered: Recovered, purged_at_ms: int
+    ) -> None:
+        """The payments still the previous run's own in the store, as the journal knows them;
+        those it accepted and never claimed, to be claimed now; those only the store knows,
+        looked up on both processors."""
         self._takeover.purged_at_ms = purged_at_ms
         known = {
             correlation_id: payment
@@ -125,16 +146,6 @@ class StoreCluster(Cluster):
             self._claims.claim(payment)
         dispatcher.restore(unclaimed)
         self.journal.incarnation(self.name)
-        # Renewed once before the first POST: one is refused while the lease has lapsed.
-        await _patiently("renewing the lease", self._lease.renew)
-        loop = asyncio.get_running_loop()
-        self._tasks = [
-            loop.create_task(self._claims.write_forever()),
-            loop.create_task(self._lease.renew_forever()),
-        ]
-        taken_up: asyncio.Future[Recovered] = loop.create_future()
-        taken_up.set_result(recovered)
-        return taken_up
 
     async def _join(self) -> int:
         await self._lease.join()

@@ -134,10 +134,20 @@ class Lease:
         finally:
             self._hold_poller(False)
 
-    async def renew(self) -> None:
-        """Renew once; raises PyMongoError when the store does not answer."""
-        started = self._loop.time()
-        sent_ms = now_ms()
+    async def keep_alive(self) -> None:
+        """Only extend the lease, every RENEW_INTERVAL, forever: while the replica takes up
+        its previous run, which through a slow store may take longer than a lease, and
+        before it may act on anything a renewal reads."""
+        while True:
+            try:
+                await self._extend()
+            except PyMongoError as error:
+                log.warning("lease not extended: %s", error)
+            await asyncio.sleep(RENEW_INTERVAL)
+
+    async def _extend(self) -> Document:
+        """This run's lease, extended; a lease found dead makes the process exit, after
+        handing over what only it knows."""
         renewed = await self._leases.find_one_and_update(
             {"_id": self._name, "dead": {"$ne": True}},
             RENEWED,
@@ -147,6 +157,13 @@ class Lease:
             log.critical("this replica's lease was taken over: its payments are another's now")
             await self._taken_over()
             os._exit(TAKEN_OVER)
+        return renewed
+
+    async def renew(self) -> None:
+        """Renew once; raises PyMongoError when the store does not answer."""
+        started = self._loop.time()
+        sent_ms = now_ms()
+        renewed = await self._extend()
         # Back after its own lease lapsed: the others may be coming back too, so it waits
         # one lease before it takes any of them over.
         if started >= self._dispatcher.send_until:
