@@ -10,6 +10,9 @@ setting) also covers the machine losing power, at the price of a disk flush per 
     S <id> <processor> <requested_ms> sent: an attempt is under way with this requestedAt
     R <id>                            the last attempt is known not stored (refused, released)
     C <id> <processor> <requested_ms> <cents> <accepted_ms>   confirmed and recorded
+    D <id>                            another's: the processor holds this id with a requestedAt
+                                      this replica never sent (another replica accepted it
+                                      too, and records it); this copy is dropped
     P <at_ms>                         purged: what was accepted up to at_ms is forgotten (a
                                       bare P, written before purges carried their moment:
                                       everything accepted before it)
@@ -81,6 +84,8 @@ class Replay:
             at, cents = int(words[3]), int(words[4])
             accepted = int(words[5]) if len(words) == 6 else 0
             self.confirmed(Confirmed(words[1], words[2], at, cents, accepted))
+        elif kind == "D" and len(words) == 2:
+            self.dropped(words[1])
         elif kind == "P" and len(words) in (1, 2):
             self.purged(int(words[1]) if len(words) == 2 else EVERYTHING)
         elif kind == "I" and len(words) == 2:
@@ -108,6 +113,9 @@ class Replay:
     def confirmed(self, entry: Confirmed) -> None:
         pass
 
+    def dropped(self, correlation_id: str) -> None:
+        pass
+
     def purged(self, up_to_ms: float) -> None:
         pass
 
@@ -117,15 +125,18 @@ class Replay:
 
 class Recovered(Replay):
     """What a replica takes up again at start: its ledger, its pending payments (each with
-    its unsettled attempt, if any), every id it ever accepted and, with a shared store, the
-    run whose claims in the store those payments are."""
+    its attempts, the last one unsettled or not), every id it ever accepted and, with a shared
+    store, the run whose claims in the store those payments are."""
 
     def __init__(self) -> None:
         self.confirmed_entries: list[Confirmed] = []
         self.pending: dict[str, Payment] = {}
         self.known_ids: dict[str, int] = {}  # when each was accepted
         self.last_incarnation: str | None = None
-        self._attempts: dict[str, tuple[str, int]] = {}
+        # Every attempt of a pending payment, (processor, requestedAt), in order: one known
+        # not stored may yet be, held by its processor, and proves the payment ours then.
+        self._attempts: dict[str, list[tuple[str, int]]] = {}
+        self._unsettled: set[str] = set()  # ids whose last attempt is unresolved
 
     def accepted(self, correlation_id: str, cents: int, accepted_ms: int) -> None:
         if correlation_id in self.known_ids:
@@ -134,17 +145,23 @@ class Recovered(Replay):
         self.pending[correlation_id] = Payment(correlation_id, cents, accepted_ms)
 
     def sent(self, correlation_id: str, processor: str, requested_at_ms: int) -> None:
-        self._attempts[correlation_id] = (processor, requested_at_ms)
+        if correlation_id in self.pending:
+            self._attempts.setdefault(correlation_id, []).append((processor, requested_at_ms))
+            self._unsettled.add(correlation_id)
 
     def not_stored(self, correlation_id: str) -> None:
-        self._attempts.pop(correlation_id, None)
+        self._unsettled.discard(correlation_id)
 
     def confirmed(self, entry: Confirmed) -> None:
         # A compacted journal keeps only this line for a confirmed payment: it is known too.
         self.known_ids.setdefault(entry.correlation_id, entry.accepted_ms)
-        self.pending.pop(entry.correlation_id, None)
-        self._attempts.pop(entry.correlation_id, None)
+        self.dropped(entry.correlation_id)
         self.confirmed_entries.append(entry)
+
+    def dropped(self, correlation_id: str) -> None:
+        self.pending.pop(correlation_id, None)
+        self._attempts.pop(correlation_id, None)
+        self._unsettled.discard(correlation_id)
 
     def purged(self, up_to_ms: float) -> None:
         # A purge forgets what was accepted up to its moment, pending and in flight included.
@@ -152,17 +169,19 @@ class Recovered(Replay):
         self.pending = {i: p for i, p in self.pending.items() if p.accepted_ms > up_to_ms}
         self.known_ids = {i: at for i, at in self.known_ids.items() if at > up_to_ms}
         self._attempts = {i: a for i, a in self._attempts.items() if i in self.pending}
+        self._unsettled &= self._attempts.keys()
 
     def incarnation(self, name: str) -> None:
         self.last_incarnation = name
 
     def settle_unsettled(self) -> None:
-        """Mark each pending payment whose last attempt is unresolved to be settled there."""
-        for correlation_id, (processor, requested_at_ms) in self._attempts.items():
-            payment = self.pending.get(correlation_id)
-            if payment is not None:
-                payment.unsettled_on = processor
-                payment.requested_at_ms = requested_at_ms
+        """Give each pending payment its attempts' stamps, and mark one whose last attempt is
+        unresolved to be settled there."""
+        for correlation_id, attempts in self._attempts.items():
+            payment = self.pending[correlation_id]
+            payment.sent_stamps = tuple(requested_at_ms for _, requested_at_ms in attempts)
+            if correlation_id in self._unsettled:
+                payment.unsettled_on, payment.requested_at_ms = attempts[-1]
 
     def lines(self) -> Iterator[str]:
         """This state as the lines of a compacted journal. From the state's own records, not
@@ -174,9 +193,11 @@ class Recovered(Replay):
             yield f"C {c.correlation_id} {c.processor} {at} {cents} {accepted}\n"
         for correlation_id, payment in self.pending.items():
             yield f"A {correlation_id} {payment.cents} {payment.accepted_ms}\n"
-            attempt = self._attempts.get(correlation_id)
-            if attempt is not None:
-                yield f"S {correlation_id} {attempt[0]} {attempt[1]}\n"
+            attempts = self._attempts.get(correlation_id, [])
+            for index, (processor, requested_at_ms) in enumerate(attempts, 1):
+                yield f"S {correlation_id} {processor} {requested_at_ms}\n"
+                if index < len(attempts) or correlation_id not in self._unsettled:
+                    yield f"R {correlation_id}\n"
 
 
 def _read_pieces(state: Replay, descriptor: int, end: int) -> Iterator[None]:
@@ -286,6 +307,9 @@ class NoJournal:
     ) -> None:
         pass
 
+    def dropped(self, payment: Payment) -> None:
+        pass
+
     def purged(self, up_to_ms: int) -> None:
         pass
 
@@ -385,6 +409,9 @@ class Journal:
     ) -> None:
         line = f"C {payment.correlation_id} {processor} {requested_at_ms} {cents} "
         self._write(f"{line}{payment.accepted_ms}\n".encode())
+
+    def dropped(self, payment: Payment) -> None:
+        self._write(f"D {payment.correlation_id}\n".encode())
 
     def purged(self, up_to_ms: int) -> None:
         self._write(b"P %d\n" % up_to_ms)

@@ -41,6 +41,8 @@ class Payment:
 
     `requested_at_ms` is set when an attempt is sent and kept while that attempt is unsettled:
     settling re-sends the identical body (SPEC.md §3, a 422 then proves the first went through).
+    `sent_stamps` holds the requestedAt of every attempt sent: a processor that has the id with
+    another one has another replica's acceptance of it.
     `accepted_ms` (wall clock) places it before or after a purge on any host.
     """
 
@@ -52,6 +54,7 @@ class Payment:
         "correlation_id",
         "ownership",
         "requested_at_ms",
+        "sent_stamps",
         "unsettled_on",
         "unsettled_since",
     )
@@ -65,6 +68,7 @@ class Payment:
             format_cents(cents),
         )
         self.requested_at_ms: int | None = None
+        self.sent_stamps: tuple[int, ...] = ()
         self.unsettled_on: str | None = None
         self.unsettled_since = 0.0
         self.accepted_at = 0.0  # loop time, set when queued

@@ -17,6 +17,7 @@ from typing import Any
 from tests.support.audit import assert_exact
 from tests.support.clients import StackUnderTest
 from tests.support.processes import call, wait_dead
+from tests.support.wire import unix_call
 
 
 def post(stack: StackUnderTest, body: bytes) -> int:
@@ -79,5 +80,27 @@ def test_a_retry_after_its_replica_died_is_charged_once(
     while call(stack.port, "GET", "/payments-summary").status != 200:
         assert time.monotonic() < deadline, "the killed replica did not come back"
         time.sleep(0.1)
+    assert_exact(stack, fresh_processors)
+    assert fresh_processors.default.summary()["totalRequests"] == 1
+
+
+def test_one_id_accepted_by_two_replicas_is_counted_once(
+    stack: StackUnderTest, fresh_processors: Any
+) -> None:
+    # (issue 22, H1) Sent to two replicas straight, within the second before each reads the
+    # other's journal, one id is accepted by both; only one attempt can be stored. The other
+    # is answered 422, and the lookup then finds the first one's payment: recorded as its own,
+    # it was counted twice. Only a stored requestedAt it sent proves a payment ours.
+    sockets = list(stack.replicas.values())
+    for _ in range(5):
+        correlation_id = str(uuid.uuid4())
+        body = b'{"correlationId":"%s","amount":19.90}' % correlation_id.encode()
+        for socket_path in sockets[:2]:
+            assert unix_call(socket_path, "POST", "/payments", body).status == 202
+        journals = [Path(path).with_suffix(".journal").read_text() for path in sockets[:2]]
+        if all(f"A {correlation_id} " in journal for journal in journals):
+            break  # both accepted it
+    else:
+        raise AssertionError("each time, one replica had read the other's journal already")
     assert_exact(stack, fresh_processors)
     assert fresh_processors.default.summary()["totalRequests"] == 1

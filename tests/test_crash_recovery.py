@@ -131,24 +131,26 @@ def test_a_second_process_on_the_same_journal_is_refused(
 def test_a_duplicate_answer_to_a_settle_is_recorded_as_the_processor_has_it(
     service_factory: Callable[..., Service], fresh_processors: Any, tmp_path: Path
 ) -> None:
-    # The journal says an attempt stamped `ours` is under way; the processor also holds an
-    # older attempt of the same payment, stamped `theirs`, which it stores first (held past
-    # --settle-after, say). The re-send of `ours` is answered 422: what counts is the
-    # requestedAt the processor has.
+    # The journal says an attempt stamped `ours` is under way, after an older one stamped
+    # `older` that was known not stored; the processor holds that older attempt all the same,
+    # and stores it first (held past --settle-after, say). The re-send of `ours` is answered
+    # 422: what counts is the requestedAt the processor has.
     correlation_id = str(uuid.uuid4())
-    theirs, ours = "2025-07-15T12:00:01.000Z", "2025-07-15T12:00:02.000Z"
+    older, ours = "2025-07-15T12:00:01.000Z", "2025-07-15T12:00:02.000Z"
     fresh_processors.default.set_delay(3000)
-    older = threading.Thread(
-        target=fresh_processors.default.pay, args=(correlation_id, 19.90, theirs)
+    held = threading.Thread(
+        target=fresh_processors.default.pay, args=(correlation_id, 19.90, older)
     )
-    older.start()
+    held.start()
     journal = tmp_path / "journal"
     journal.write_text(
-        f"A {correlation_id} 1990 {now_ms()}\nS {correlation_id} default {parse_us(ours) // 1000}\n"
+        f"A {correlation_id} 1990 {now_ms()}\n"
+        f"S {correlation_id} default {parse_us(older) // 1000}\nR {correlation_id}\n"
+        f"S {correlation_id} default {parse_us(ours) // 1000}\n"
     )
     service = service_factory("--journal", str(journal))
-    older.join()
+    held.join()
     service.wait_settled()
-    assert service.summary(theirs, theirs)["default"]["totalRequests"] == 1
+    assert service.summary(older, older)["default"]["totalRequests"] == 1
     assert service.summary(ours, ours)["default"]["totalRequests"] == 0
     assert fresh_processors.default.summary()["totalRequests"] == 1

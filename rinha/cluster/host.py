@@ -156,8 +156,8 @@ class HostCluster(Cluster):
         for attempt, stored in zip(overdue, found):
             if isinstance(stored, Outcome):
                 raise ClusterUnavailable(PEER_UNSETTLED, f"{attempt} cannot be looked up")
-            if stored is None:
-                continue
+            if stored is None or stored.requested_at_ms != attempt.requested_at_ms:
+                continue  # not stored, or another replica's acceptance of the id: its own
             count_stored(totals, attempt.processor, attempt.cents, stored, from_ms, to_ms)
 
     async def purge(self) -> None:

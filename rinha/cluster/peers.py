@@ -257,6 +257,10 @@ class PeerJournal(Replay):
             if requested_at_ms < requested_before_ms
         ]
 
+    def dropped(self, correlation_id: str) -> None:
+        self._attempts.pop(correlation_id, None)
+        self._pending_cents -= self._pending.pop(correlation_id, (0, 0))[0]
+
     def confirmed(self, entry: Confirmed) -> None:
         self.known_ids.setdefault(entry.correlation_id, entry.accepted_ms)
         self._attempts.pop(entry.correlation_id, None)

@@ -218,8 +218,8 @@ class Dispatcher:
         self._scheduler.soon()
 
     def _finish(self, payment: Payment, end: State) -> None:
-        """A delivery's end: recorded, set aside, or first in line again."""
-        if end is State.CONFIRMED:
+        """A delivery's end: recorded or another's, set aside, or first in line again."""
+        if end is State.CONFIRMED or end is State.DROPPED:
             self._backlog.recorded(payment)
         elif end is State.REJECTED:
             self._backlog.set_aside(payment)

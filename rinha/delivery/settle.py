@@ -14,13 +14,17 @@ move is in `TRANSITIONS` below, and an event missing there is our bug. Its state
   "stored": the next lookup says how). Re-sends leave only while the send window is open: past
   a lease, a replica taking this one over may send it.
 - STORED: a fresh attempt was answered 422: the processor has a payment with this id, and the
-  lookup says with which requestedAt.
+  lookup says with which requestedAt: none of ours, since no attempt of ours could still
+  be stored.
 - ADOPTED: taken over from a replica that died, which may have sent it to either processor:
   looked up on both, never sent.
 
 It ends in one of:
 - CONFIRMED: recorded, with exactly the processor and requestedAt that were sent, or that the
-  lookup found. Nothing else is ever recorded.
+  lookup found: for an attempt of ours, the requestedAt it sent. Nothing else is ever recorded.
+- DROPPED: the lookup found the id stored with a requestedAt this replica never sent: another
+  replica accepted it too (sent to each straight, say) and records it. Charged once, it must
+  count once: this copy is journaled as another's and dropped.
 - REFUSED: the attempt stored nothing and the processor is not taking payments (500, 429,
   connection refused): the payment is routed again, maybe elsewhere.
 - REJECTED: the attempt stored nothing, and the processor refused this one payment (another
@@ -72,13 +76,15 @@ class State(enum.Enum):
     STORED = "stored"
     ADOPTED = "adopted"
     CONFIRMED = "confirmed"
+    DROPPED = "dropped"
     REFUSED = "refused"
     REJECTED = "rejected"
     RELEASED = "released"
 
 
 class Lookup(enum.Enum):
-    FOUND = "found"  # a processor asked has it
+    FOUND = "found"  # a processor asked has it, as this replica sent it or adopted it
+    ANOTHERS = "another's"  # stored with a requestedAt this replica never sent
     NOT_STORED = "not stored"  # none asked has it, and no attempt of ours can still reach one
     UNSURE = "unsure"  # a processor could not say, or an attempt may still be stored
 
@@ -93,6 +99,7 @@ TRANSITIONS: dict[State, dict[Outcome | Lookup, State]] = {
     },
     State.UNSETTLED: {
         Lookup.FOUND: State.CONFIRMED,
+        Lookup.ANOTHERS: State.DROPPED,
         Lookup.NOT_STORED: State.RELEASED,
         Lookup.UNSURE: State.UNSETTLED,
         # Answers to a re-send.
@@ -104,6 +111,7 @@ TRANSITIONS: dict[State, dict[Outcome | Lookup, State]] = {
     },
     State.STORED: {
         Lookup.FOUND: State.CONFIRMED,
+        Lookup.ANOTHERS: State.DROPPED,
         Lookup.NOT_STORED: State.RELEASED,
         Lookup.UNSURE: State.STORED,
     },
@@ -113,7 +121,7 @@ TRANSITIONS: dict[State, dict[Outcome | Lookup, State]] = {
         Lookup.UNSURE: State.ADOPTED,
     },
 }
-ENDS = frozenset({State.CONFIRMED, State.REFUSED, State.REJECTED, State.RELEASED})
+ENDS = frozenset({State.CONFIRMED, State.DROPPED, State.REFUSED, State.REJECTED, State.RELEASED})
 
 # Lookups and re-sends wait this long at first, doubling up to the most.
 _FIRST_BACKOFF = 0.05
@@ -226,6 +234,7 @@ class SettleProtocol:
             now_ms() + self._health[name].min_response_ms + self._settings.stamp_ahead_ms
         )
         payment.requested_at_ms = requested_at
+        payment.sent_stamps += (requested_at,)
         self._journal.sent(payment, name, requested_at)
         payment.unsettled_on = name
         payment.unsettled_since = self._loop.time()
@@ -262,14 +271,21 @@ class SettleProtocol:
             backoff = min(backoff * 2, _MAX_BACKOFF)
 
     async def _look_up(self, payment: Payment, state: State) -> Lookup:
-        """Ask the processor the payment is on, or each one for an adopted payment. One that
-        has it is recorded as that processor has it; one released is journaled."""
-        names = list(self._clients) if state is State.ADOPTED else [payment.unsettled_on]
+        """Ask the processor the payment is on, or each one for an adopted payment (whose
+        replica's attempts are unknown here). One that has it as this replica sent it, or
+        adopted, is recorded as that processor has it; one released or another's is
+        journaled."""
+        adopted = state is State.ADOPTED
+        names = list(self._clients) if adopted else [payment.unsettled_on]
         unsure = False
         for name in names:
             assert name is not None
             stored = await self._clients[name].lookup(payment.correlation_id)
             if isinstance(stored, StoredPayment):
+                if not adopted and stored.requested_at_ms not in payment.sent_stamps:
+                    self._journal.dropped(payment)
+                    payment.unsettled_on = None
+                    return Lookup.ANOTHERS
                 self._record(payment, name, stored.requested_at_ms, stored.cents)
                 return Lookup.FOUND
             unsure = unsure or stored is not None
