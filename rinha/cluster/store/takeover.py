@@ -2,8 +2,9 @@
 
 A lease that expired marks a dead replica (rinha/cluster/store/lease.py). A live replica marks
 it dead (only if it is still expired: a late renewal wins), then moves its owned claims to
-itself one by one (`find_one_and_update` on `owner`, so each claim moves once, marked
-`takenFrom`), and looks each payment up on both processors, because the dead replica may have
+itself MOVE_AT_ONCE at a time (an update conditioned on `owner`, so each claim moves once,
+marked `takenFrom`; then the ones it moved are read back), and looks each payment up on both
+processors, because the dead replica may have
 sent it to either, until `--settle-after` has passed, longer than any of its attempts can
 take; found, it is recorded as found, else routed afresh.
 
@@ -27,6 +28,9 @@ if TYPE_CHECKING:
 
 # Before the first purge.
 NEVER_PURGED = -1
+# Claims moved in one round of a takeover: three round trips each, where one claim at a time
+# took one round trip per claim (a dead replica's backlog of thousands took half a minute).
+MOVE_AT_ONCE = 200
 # A dead lease that owns nothing is deleted this long after it expired.
 FORGET_DEAD_AFTER_MS = 60_000
 
@@ -57,7 +61,7 @@ class Takeover:
 
     async def take_over(self, lease: Document, at_ms: int, deadline: float) -> None:
         """Mark a lease that expired dead (unless it was renewed meanwhile), then move a
-        share of its claims here one by one, each looked up on both processors, until loop
+        share of its claims here MOVE_AT_ONCE at a time, each looked up on both processors, until loop
         time `deadline`. A dead lease stays, so that a claim its replica stored late is found
         too, until it owns nothing and has been dead a while."""
         dead = lease["_id"]
@@ -69,12 +73,13 @@ class Takeover:
                 return  # renewed after all
         loop = asyncio.get_running_loop()
         while loop.time() < deadline and not self._dispatcher.full:
-            doc = await self._move_claim(dead)
-            if doc is None:
+            moved = await self._move_claims(dead, min(self._dispatcher.room, MOVE_AT_ONCE))
+            if moved is None:
                 if lease["expiresMs"] < at_ms - FORGET_DEAD_AFTER_MS:
                     await self._leases.delete_one({"_id": dead, "dead": True})
                 return
-            self._take_up(doc)
+            for doc in moved:
+                self._take_up(doc)
 
     async def take_over_previous(self, previous: str, known: dict[str, Payment]) -> list[Payment]:
         """This journal's previous run is dead (the journal's lock is ours): its payments are
@@ -85,15 +90,16 @@ class Takeover:
         after a failure."""
         await self._leases.update_one({"_id": previous}, {"$set": {"dead": True}})
         while not self._dispatcher.full:
-            doc = await self._move_claim(previous)
-            if doc is None:
+            moved = await self._move_claims(previous, MOVE_AT_ONCE)
+            if moved is None:
                 break
-            payment = known.get(doc["_id"])
-            if payment is None:
-                self._take_up(doc)
-            elif doc["_id"] not in self._taken:
-                self._taken.add(doc["_id"])
-                self._dispatcher.restore([payment])
+            for doc in moved:
+                payment = known.get(doc["_id"])
+                if payment is None:
+                    self._take_up(doc)
+                elif doc["_id"] not in self._taken:
+                    self._taken.add(doc["_id"])
+                    self._dispatcher.restore([payment])
         await self.take_up_moved()  # a known one among them: looked up, not restored
         rest = [i for i in known if i not in self._taken]
         claims = self._claims.find({"_id": {"$in": rest}}, {"_id": 1})
@@ -109,16 +115,24 @@ class Takeover:
         async for doc in self._claims.find(query):
             self._take_up(doc)
 
-    async def _move_claim(self, dead: str) -> Document | None:
-        """One of a dead run's claims, made this run's; marked as moved, so that it is taken
-        up even if the answer to this call is lost."""
+    async def _move_claims(self, dead: str, limit: int) -> list[Document] | None:
+        """Up to `limit` of a dead run's claims, made this run's (those another replica
+        moves meanwhile are its own), or None when it owns none; marked as moved, so that
+        they are taken up even if an answer is lost."""
         untaken, self.moved_untaken = self.moved_untaken, True
-        doc: Document | None = await self._claims.find_one_and_update(
-            owned_since(self.purged_at_ms, dead),
-            {"$set": {"owner": self._name, "takenFrom": dead}},
+        owned = owned_since(self.purged_at_ms, dead)
+        found = self._claims.find(owned, {"_id": 1}).limit(max(limit, 1))
+        ids = [doc["_id"] async for doc in found]
+        if not ids:
+            self.moved_untaken = untaken
+            return None
+        await self._claims.update_many(
+            {**owned, "_id": {"$in": ids}}, {"$set": {"owner": self._name, "takenFrom": dead}}
         )
+        ours = {"_id": {"$in": ids}, "owner": self._name, "takenFrom": dead}
+        moved = [doc async for doc in self._claims.find(ours)]
         self.moved_untaken = untaken
-        return doc
+        return moved
 
     def _take_up(self, doc: Document) -> None:
         """Look a moved claim's payment up on both processors, unless it is taken up already
