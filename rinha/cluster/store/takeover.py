@@ -61,8 +61,8 @@ class Takeover:
 
     async def take_over(self, lease: Document, at_ms: int, deadline: float) -> None:
         """Mark a lease that expired dead (unless it was renewed meanwhile), then move a
-        share of its claims here MOVE_AT_ONCE at a time, each looked up on both processors, until loop
-        time `deadline`. A dead lease stays, so that a claim its replica stored late is found
+        share of its claims here MOVE_AT_ONCE at a time, each looked up on both processors,
+        until loop time `deadline`. A dead lease stays, so that a claim its replica stored late is found
         too, until it owns nothing and has been dead a while."""
         dead = lease["_id"]
         if not lease.get("dead"):
