@@ -263,6 +263,15 @@ def _end_of_last_line(descriptor: int, size: int) -> int:
     return 0
 
 
+def cut_torn_line(descriptor: int) -> int:
+    """Cut a torn last line (its writer died mid-write) off the file; where it now ends."""
+    size = os.fstat(descriptor).st_size
+    end = _end_of_last_line(descriptor, size)
+    if end < size:
+        os.ftruncate(descriptor, end)
+    return end
+
+
 def lock(path: str, wait: float) -> int:
     """Hold `path`'s lock file, which its owner keeps for as long as it runs; JournalInUse if
     another process still holds it after `wait` seconds."""
@@ -337,11 +346,8 @@ class Journal:
         # A purge appending for a dead replica holds the lock for microseconds.
         self._lock = lock(self._path, wait=5.0)
         self._fd = os.open(self._path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
-        size = os.fstat(self._fd).st_size
-        self._earlier = self.size = _end_of_last_line(self._fd, size)
-        if self.size < size:
-            # Else this run's first line would be glued to it, and read as one bad line.
-            os.ftruncate(self._fd, self.size)
+        # Else this run's first line would be glued to it, and read as one bad line.
+        self._earlier = self.size = cut_torn_line(self._fd)
 
     async def recover(self) -> Recovered:
         """What the earlier runs left, read back a piece at a time while this run answers."""

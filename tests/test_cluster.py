@@ -107,3 +107,12 @@ def test_a_purge_for_a_dead_replica_is_not_swallowed_by_its_torn_last_line(
     purge_unowned(str(path), 5)
     recovered = read_journal(str(path))
     assert recovered.pending == {} and recovered.known_ids == {}
+
+
+def test_a_purge_for_a_dead_replica_cuts_its_torn_last_line_off(tmp_path: Path) -> None:
+    # Kept before the purge's line, a torn prefix could read as a whole line of other words:
+    # here an acceptance of 0.19 where 19.90 was being written.
+    path = tmp_path / "journal"
+    path.write_bytes(b"P 5\nA id-1 19")  # killed mid-write, after an earlier purge
+    purge_unowned(str(path), 3)
+    assert path.read_bytes() == b"P 5\nP 3\n"

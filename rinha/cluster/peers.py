@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import aiohttp
 import orjson
 
-from rinha.journal import Confirmed, JournalInUse, Replay, lock
+from rinha.journal import Confirmed, JournalInUse, Replay, cut_torn_line, lock
 from rinha.ledger import Summary, Totals
 from rinha.ledger.embedded import EmbeddedLedger
 from rinha.processor_client import HealthReport
@@ -320,10 +320,12 @@ def purge_unowned(path: str, up_to_ms: int) -> None:
     read it at once."""
     held = lock(path, wait=0)
     try:
-        descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        descriptor = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
         try:
-            # After a newline: a line torn by the replica's death must not swallow it.
-            line = b"\nP %d\n" % up_to_ms
+            # A line torn by the replica's death was never acted on; followed by a newline,
+            # its prefix could read as a whole line of other words.
+            cut_torn_line(descriptor)
+            line = b"P %d\n" % up_to_ms
             if os.write(descriptor, line) != len(line):
                 raise OSError(errno.ENOSPC, f"purge not written to {path}")
             os.fsync(descriptor)
