@@ -98,15 +98,6 @@ class Peer:
         except (TimeoutError, aiohttp.ClientError) as error:
             raise PeerUnavailable(str(error) or type(error).__name__) from error
 
-    def is_down(self) -> bool:
-        """No live process holds its journal's lock: killed, and not started again yet."""
-        try:
-            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return False
-        fcntl.flock(self._lock, fcntl.LOCK_UN)
-        return True
-
     def knows(self, correlation_id: str) -> bool:
         """Its journal says it accepted this id. A dead peer's journal no longer grows, and is
         read to its end first: HAProxy sends a dead replica's ids to the others, and a
@@ -114,8 +105,12 @@ class Peer:
         journal = self.journal
         if correlation_id in journal.known_ids:
             return True
-        if not self.is_down():
+        # Dead when no live process holds its journal's lock (killed, not started again yet).
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
             return False
+        fcntl.flock(self._lock, fcntl.LOCK_UN)
         try:
             journal.open_current()
             while journal.read_chunk():
@@ -159,7 +154,11 @@ class Peers:
 
     def know(self, correlation_id: str) -> bool:
         """A peer accepted this id: it is that replica's payment."""
-        return any(peer.knows(correlation_id) for peer in self._peers)
+        # Asked for every new payment: a plain loop, without any()'s generator.
+        for peer in self._peers:
+            if peer.knows(correlation_id):
+                return True
+        return False
 
     async def totals(self, from_ms: int | None, to_ms: int | None) -> Summary:
         """What every peer's journal says it confirmed in the window and holds pending."""
@@ -262,9 +261,13 @@ class PeerJournal(Replay):
         self._pending_cents -= self._pending.pop(correlation_id, (0, 0))[0]
 
     def confirmed(self, entry: Confirmed) -> None:
-        self.known_ids.setdefault(entry.correlation_id, entry.accepted_ms)
-        self._attempts.pop(entry.correlation_id, None)
-        self._pending_cents -= self._pending.pop(entry.correlation_id, (0, 0))[0]
+        pending = self._pending.pop(entry.correlation_id, None)
+        if pending is None:
+            # Not accepted in what was read: a compacted journal keeps only this line.
+            self.known_ids.setdefault(entry.correlation_id, entry.accepted_ms)
+        else:
+            self._pending_cents -= pending[0]
+            self._attempts.pop(entry.correlation_id, None)
         self._ledger.record(
             entry.correlation_id,
             entry.processor,
