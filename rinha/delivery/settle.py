@@ -59,6 +59,8 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+from collections.abc import Coroutine
+from typing import Any
 
 from rinha.clock import format_ms, now_ms
 from rinha.config import DispatchSettings
@@ -177,20 +179,30 @@ class SettleProtocol:
         self._scheduler = scheduler  # whose send window attempts leave in
         self._loop = asyncio.get_running_loop()
 
-    async def deliver(self, payment: Payment, name: str, probe: bool) -> State:
+    # `deliver`, `deliver_adopted` and `_send_fresh` hand back the coroutine that does their
+    # work rather than await it: every await level is passed through again at each resumption
+    # of a delivery's task, several per attempt.
+
+    def deliver(self, payment: Payment, name: str, probe: bool) -> Coroutine[Any, Any, State]:
         """Carry a payment from the line on `name` (its own processor when it is unsettled)
         to an end, or FRESH when no attempt of it left."""
         state = State.FRESH if payment.unsettled_on is None else State.UNSETTLED
-        return await self._carry(payment, state, name, probe)
+        return self._carry(payment, state, name, probe)
 
-    async def deliver_adopted(self, payment: Payment) -> State:
+    def deliver_adopted(self, payment: Payment) -> Coroutine[Any, Any, State]:
         """Look a payment taken over up until it is CONFIRMED or RELEASED."""
-        return await self._carry(payment, State.ADOPTED, "", False)
+        return self._carry(payment, State.ADOPTED, "", False)
 
     async def _carry(self, payment: Payment, state: State, name: str, probe: bool) -> State:
         while True:
             try:
-                return await self._run(payment, state, name, probe)
+                if state is State.FRESH:
+                    state = await self._attempt(payment, name, probe)
+                if state is State.UNSETTLED:
+                    return await self._settle_counted(payment)
+                if state is State.STORED or state is State.ADOPTED:
+                    return await self._settle(payment, state)
+                return state
             except Exception:
                 log.exception("delivering %s failed; trying again", payment.correlation_id)
                 await asyncio.sleep(_AFTER_ERROR)
@@ -198,15 +210,6 @@ class SettleProtocol:
                     if payment.unsettled_on is None:
                         return State.FRESH  # no attempt may have left: back in line
                     state = State.UNSETTLED
-
-    async def _run(self, payment: Payment, state: State, name: str, probe: bool) -> State:
-        if state is State.FRESH:
-            state = await self._attempt(payment, name, probe)
-        if state is State.UNSETTLED:
-            return await self._settle_counted(payment)
-        if state is State.STORED or state is State.ADOPTED:
-            return await self._settle(payment, state)
-        return state
 
     async def _attempt(self, payment: Payment, name: str, probe: bool) -> State:
         """The fresh attempt on `name`, unless the send window closed since the pass."""
@@ -227,7 +230,7 @@ class SettleProtocol:
             health.confirmed(self._loop.time())
         return TRANSITIONS[State.FRESH][outcome]
 
-    async def _send_fresh(self, payment: Payment, name: str) -> Outcome:
+    def _send_fresh(self, payment: Payment, name: str) -> Coroutine[Any, Any, Outcome]:
         """Stamp the payment, journal the attempt, and send it: from here on it may be stored
         on `name`."""
         requested_at = (
@@ -238,7 +241,7 @@ class SettleProtocol:
         self._journal.sent(payment, name, requested_at)
         payment.unsettled_on = name
         payment.unsettled_since = self._loop.time()
-        return await self._clients[name].send(payment.body(format_ms(requested_at)))
+        return self._clients[name].send(payment.body(format_ms(requested_at)))
 
     async def _settle_counted(self, payment: Payment) -> State:
         """`_settle` from UNSETTLED, counted for the metrics."""
