@@ -11,6 +11,7 @@ bisections per processor, O(log n).
 
 from __future__ import annotations
 
+from array import array
 from bisect import bisect_left, bisect_right
 from itertools import accumulate
 
@@ -25,11 +26,14 @@ class _Series:
     __slots__ = ("accepted", "late", "prefix", "times")
 
     def __init__(self) -> None:
-        self.times: list[int] = []
-        # prefix[i] is the sum of cents of the first i payments in time order.
+        # Epoch milliseconds as 8-byte machine integers, not int objects (40 bytes with their
+        # list slot): a replica holds every payment of the cluster, in its own ledger or in
+        # its peers' (rinha/cluster/peers.py).
+        self.times = array("q")
+        # prefix[i] is the sum of cents of the first i payments in time order; unbounded.
         self.prefix: list[int] = [0]
         # When each payment in `times` was accepted: a purge forgets by that moment.
-        self.accepted: list[int] = []
+        self.accepted = array("q")
         # (requestedAt, cents, accepted) of records earlier than the last one in `times`.
         self.late: list[tuple[int, int, int]] = []
 
