@@ -39,6 +39,8 @@ SUMMARY = response(
 )
 PURGED = response(200, b'{"message":"All payments purged."}')
 NOT_FOUND = response(404, b'{"error":"no such route"}')
+# HAProxy's checks (haproxy/haproxy.cfg): without it every floor process is out of rotation.
+READY = response(204)
 
 
 def answer(request: Request) -> bytes:
@@ -48,6 +50,8 @@ def answer(request: Request) -> bytes:
         return SUMMARY
     if request.path == b"/purge-payments":
         return PURGED
+    if request.path == b"/ready":
+        return READY
     return NOT_FOUND
 
 
