@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 import uuid
 from decimal import Decimal
 
@@ -147,3 +149,17 @@ def test_summary_fee_is_the_processors_own(fresh_processors):
     empty = exact_summary(fresh_processors.default)
     assert empty["totalRequests"] == 0
     assert empty["totalAmount"] == empty["totalFee"] == 0
+
+
+def test_payments_in_flight_are_counted(processor_factory):
+    # The emulator's own route: a test sees a payment reach the processor during its delay.
+    processor = processor_factory()
+    processor.set_delay(500)
+    sending = threading.Thread(target=processor.pay)
+    sending.start()
+    deadline = time.monotonic() + 5
+    while processor.in_flight() != 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    sending.join()
+    assert processor.in_flight() == 0

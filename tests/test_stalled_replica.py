@@ -72,8 +72,9 @@ def test_a_stalled_replicas_payments_count_once_the_processor_has_them(
     for _ in range(10):
         assert third.pay().status == 202
     journal = tmp_path / "replica-3.journal"
+    # Journaled, then sent: stopped in between, an attempt never reaches the processor.
     deadline = time.monotonic() + 5
-    while attempts_journaled(journal) < 10:
+    while attempts_journaled(journal) < 10 or fresh_processors.default.in_flight() < 10:
         assert time.monotonic() < deadline, journal.read_text()
         time.sleep(0.01)
     assert third.process.popen is not None

@@ -13,7 +13,9 @@ processor, ASP.NET over PostgreSQL):
 - the body must carry all three payment fields with JSON types (the official fills missing
   ones with zero values, reads numbers from strings and field names in any case);
 - amounts are rendered with two decimals (the official echoes the scale it stored);
-- one route of its own: `GET /admin/health-calls` counts the health calls it answered and
-  refused, so tests can check that callers keep to the window;
+- routes of its own, for tests (rinha/emulator/app.py): `GET /admin/health-calls` counts the
+  health calls it answered and refused, so tests can check that callers keep to the window;
+  `GET /admin/payments-in-flight` counts the payments received and not answered yet;
+  `PUT /admin/configurations/rejected-ids` answers named payments 400;
 - no `/` page, no OpenAPI; paths are case-sensitive and a trailing `/` is not ignored.
 """

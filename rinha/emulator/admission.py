@@ -32,6 +32,10 @@ class PaymentSlots:
         return False
 
     @property
+    def queued(self) -> int:
+        return len(self._waiting)
+
+    @property
     def queue_full(self) -> bool:
         return len(self._waiting) >= self.queue_limit
 

@@ -9,9 +9,11 @@ task of its own, so a caller hanging up during the delay does not stop the store
 delay and a free slot the answer is computed inline, without a task.
 
 Admin routes check `X-Rinha-Token` once the route and method are known (404 and 405 come
-first, as the official endpoint filter runs only on a matched endpoint). One admin route is the
-emulator's own, for tests of a poison payment: `PUT /admin/configurations/rejected-ids` names
-payments that are answered 400 at once, stored never, whatever the processor's health.
+first, as the official endpoint filter runs only on a matched endpoint). Three admin routes are
+the emulator's own, for tests: `PUT /admin/configurations/rejected-ids` names payments that are
+answered 400 at once, stored never, whatever the processor's health (a poison payment);
+`GET /admin/health-calls` counts the health calls answered and refused; `GET
+/admin/payments-in-flight` counts the payments received and not answered yet.
 """
 
 from __future__ import annotations
@@ -227,6 +229,10 @@ class Processor:
         counts = {"answered": self.health_answered, "refused": self.health_refused}
         return response(200, orjson.dumps(counts))
 
+    def get_payments_in_flight(self, request: Request) -> Answer:
+        counts = {"inFlight": self.slots.in_flight, "queued": self.slots.queued}
+        return response(200, orjson.dumps(counts))
+
     def post_purge(self, request: Request) -> Answer:
         self.payments.purge()
         return PURGED
@@ -244,6 +250,7 @@ _ROUTES: dict[bytes, dict[bytes, Route]] = {
     b"/admin/configurations/rejected-ids": {b"PUT": Processor.put_rejected_ids},
     b"/admin/purge-payments": {b"POST": Processor.post_purge},
     b"/admin/health-calls": {b"GET": Processor.get_health_calls},
+    b"/admin/payments-in-flight": {b"GET": Processor.get_payments_in_flight},
 }
 _PAYMENT_BY_ID: dict[bytes, Route] = {b"GET": Processor.get_payment}
 # 405 answers, one per route, keyed by the identity of the route's method table.

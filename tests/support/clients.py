@@ -222,6 +222,12 @@ class EmulatedProcessor:
         """The health calls it answered and refused so far (the emulator's own route)."""
         return self.admin("GET", "/admin/health-calls").json()
 
+    def in_flight(self) -> int:
+        """Payments received and not answered yet, queued ones included (the emulator's own
+        route)."""
+        counts = self.admin("GET", "/admin/payments-in-flight").json()
+        return int(counts["inFlight"] + counts["queued"])
+
     def pay(
         self,
         correlation_id: str | None = None,
