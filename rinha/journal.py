@@ -202,36 +202,16 @@ class Recovered(Replay):
                     yield f"R {correlation_id}\n"
 
 
-def _read_pieces(state: Replay, descriptor: int, end: int) -> Iterator[None]:
-    """Apply the whole lines among the first `end` bytes of `descriptor` to `state`, a piece
-    at a time, yielding after each piece."""
-    offset = 0
-    while offset < end:
-        data = os.pread(descriptor, min(PIECE, end - offset), offset)
-        cut = data.rfind(b"\n") + 1
-        if not cut:
-            if len(data) < PIECE:
-                return  # a torn last line: its fact was never acted on
-            cut = len(data)  # no line is this long: an unreadable stretch, skipped
-        state.apply_lines(data[:cut].decode("ascii", errors="replace").split("\n"))
-        offset += cut
-        yield
-
-
-def read_journal(path: str) -> Recovered:
-    """The journal at `path` as a restart recovers it."""
-    state = Recovered()
-    try:
-        descriptor = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        return state
-    try:
-        for _ in _read_pieces(state, descriptor, os.fstat(descriptor).st_size):
-            pass
-    finally:
-        os.close(descriptor)
-    state.settle_unsettled()
-    return state
+def read_piece(state: Replay, descriptor: int, offset: int, size: int = PIECE) -> tuple[int, bool]:
+    """Apply to `state` the whole lines among `size` bytes of `descriptor` from `offset`
+    (PIECE at most): the bytes taken, and whether the piece was read whole, so that more may
+    follow. A line still being written, or torn, is left: its fact was never acted on."""
+    data = os.pread(descriptor, size, offset)
+    taken = data.rfind(b"\n") + 1
+    if not taken and len(data) == PIECE:
+        taken = PIECE  # no line is this long: an unreadable stretch, skipped
+    state.apply_lines(data[:taken].decode("ascii", errors="replace").split("\n"))
+    return taken, len(data) == size
 
 
 def _pieces(lines: Iterable[str]) -> Iterator[bytes]:
@@ -354,7 +334,9 @@ class Journal:
     async def recover(self) -> Recovered:
         """What the earlier runs left, read back a piece at a time while this run answers."""
         state = Recovered()
-        for _ in _read_pieces(state, self._fd, self._earlier):
+        offset = 0
+        while offset < self._earlier:  # a part that ends with a whole line (`open`)
+            offset += read_piece(state, self._fd, offset, min(PIECE, self._earlier - offset))[0]
             await asyncio.sleep(0)
         state.settle_unsettled()
         return state

@@ -13,9 +13,9 @@ from typing import Any
 
 from rinha.clock import now_ms
 from rinha.cluster.peers import FOLLOW_INTERVAL, PeerJournal, purge_unowned
-from rinha.journal import read_journal
 from rinha.ledger import Totals
 from tests.support.clients import Service
+from tests.support.journals import recovered
 from tests.support.senders import pay_concurrently
 from tests.support.wire import unix_call
 
@@ -105,8 +105,8 @@ def test_a_purge_for_a_dead_replica_is_not_swallowed_by_its_torn_last_line(
     path = tmp_path / "journal"
     path.write_bytes(b"A id-1 100 1\nA id-2 200 1\nC id-1 defau")  # killed mid-write
     purge_unowned(str(path), 5)
-    recovered = read_journal(str(path))
-    assert recovered.pending == {} and recovered.known_ids == {}
+    state = recovered(path)
+    assert state.pending == {} and state.known_ids == {}
 
 
 def test_a_purge_for_a_dead_replica_cuts_its_torn_last_line_off(tmp_path: Path) -> None:

@@ -22,10 +22,11 @@ from typing import Any
 
 from rinha.config import DispatchSettings
 from rinha.delivery import Dispatcher
-from rinha.journal import Journal, read_journal
+from rinha.journal import Journal
 from rinha.ledger.embedded import EmbeddedLedger
 from rinha.payments import Payment
 from rinha.processor_client import ProcessorClient
+from tests.support.journals import recovered
 
 SETTINGS = DispatchSettings(
     buffer_capacity=10,
@@ -109,7 +110,7 @@ def test_a_failing_journal_delays_a_payment_and_never_charges_it_twice(
 
 FULL_DISK = """
 import json, resource, sys, uuid
-from rinha.journal import Journal, read_journal
+from rinha.journal import Journal
 from rinha.payments import Payment
 
 journal = Journal(sys.argv[1], fsync=False)
@@ -142,4 +143,4 @@ def test_a_full_disk_refuses_the_line_instead_of_tearing_it(tmp_path: Path) -> N
     kept = json.loads(finished.stdout)
     assert len(kept) == 9
     assert path.read_bytes().endswith(b"\n") and path.stat().st_size == 9 * 46
-    assert set(read_journal(str(path)).pending) == set(kept)
+    assert set(recovered(path).pending) == set(kept)

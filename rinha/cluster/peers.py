@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import aiohttp
 import orjson
 
-from rinha.journal import Confirmed, JournalInUse, Replay, cut_torn_line, lock
+from rinha.journal import Confirmed, JournalInUse, Replay, cut_torn_line, lock, read_piece
 from rinha.ledger import Summary, Totals
 from rinha.ledger.embedded import EmbeddedLedger
 from rinha.processor_client import HealthReport
@@ -32,9 +32,6 @@ HEALTH_PATH = "/control/health"
 # only the last second's lines: read all at once, late in a run, a journal's backlog took
 # enough CPU at once for the contest's caps to throttle the replica while its POSTs waited.
 FOLLOW_INTERVAL = 1.0
-# A peer's journal is read in pieces of this size, letting other work run between them: a
-# replica restarted late in a run has megabytes to read again.
-READ_CHUNK = 16384
 
 
 @dataclass(frozen=True, slots=True)
@@ -292,19 +289,16 @@ class PeerJournal(Replay):
             self._forget_all()
 
     def read_chunk(self) -> bool:
-        """Take in the whole lines of up to READ_CHUNK bytes written since the last read;
-        True when more may follow. A line being written is left for the next read."""
+        """Take in the whole lines of a piece written since the last read (rinha/journal.py:
+        a replica restarted late in a run has megabytes to read again, and other work runs
+        between pieces); True when more may follow."""
         if self._fd < 0:
             return False
-        data = os.pread(self._fd, READ_CHUNK, self._offset)
-        end = data.rfind(b"\n") + 1
-        if not end and len(data) == READ_CHUNK:
-            end = len(data)  # no line is this long: an unreadable stretch, skipped
-        self._offset += end
-        if end:
+        taken, whole = read_piece(self, self._fd, self._offset)
+        if taken:
+            self._offset += taken
             self.grew_at = time.monotonic()
-        self.apply_lines(data[:end].decode("ascii", errors="replace").split("\n"))
-        return len(data) == READ_CHUNK
+        return whole
 
     def totals(self, from_ms: int | None, to_ms: int | None) -> Summary:
         totals = self._ledger.totals(from_ms, to_ms)
