@@ -156,7 +156,7 @@ class HostCluster(Cluster):
         for attempt, stored in zip(overdue, found):
             if isinstance(stored, Outcome):
                 raise ClusterUnavailable(PEER_UNSETTLED, f"{attempt} cannot be looked up")
-            if stored is None or stored.requested_at_ms != attempt.requested_at_ms:
+            if stored is None or stored.requested_at_ms not in attempt.sent_stamps:
                 continue  # not stored, or another replica's acceptance of the id: its own
             count_stored(totals, attempt.processor, attempt.cents, stored, from_ms, to_ms)
 

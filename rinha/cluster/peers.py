@@ -42,6 +42,9 @@ class Attempt:
     processor: str
     requested_at_ms: int
     cents: int
+    # Every requestedAt its replica sent it with: a processor that has it with another one
+    # has another replica's acceptance of the id (rinha/delivery/settle.py).
+    sent_stamps: tuple[int, ...]
 
 
 class PeerUnavailable(Exception):
@@ -223,12 +226,14 @@ class PeerJournal(Replay):
         self.known_ids: dict[str, int] = {}  # every id accepted since the last purge, and when
         # A pending payment's attempt under way: processor and requestedAt.
         self._attempts: dict[str, tuple[str, int]] = {}
+        self._sent_stamps: dict[str, tuple[int, ...]] = {}  # of every attempt, pending ones'
 
     def purged(self, up_to_ms: float) -> None:
         self._ledger.forget(up_to_ms)
         self._pending = {i: p for i, p in self._pending.items() if p[1] > up_to_ms}
         self._pending_cents = sum(cents for cents, _ in self._pending.values())
         self._attempts = {i: a for i, a in self._attempts.items() if i in self._pending}
+        self._sent_stamps = {i: t for i, t in self._sent_stamps.items() if i in self._pending}
         self.known_ids = {i: at for i, at in self.known_ids.items() if at > up_to_ms}
 
     def accepted(self, correlation_id: str, cents: int, accepted_ms: int) -> None:
@@ -241,6 +246,8 @@ class PeerJournal(Replay):
     def sent(self, correlation_id: str, processor: str, requested_at_ms: int) -> None:
         if correlation_id in self._pending:
             self._attempts[correlation_id] = (processor, requested_at_ms)
+            stamps = self._sent_stamps.get(correlation_id, ())
+            self._sent_stamps[correlation_id] = (*stamps, requested_at_ms)
 
     def not_stored(self, correlation_id: str) -> None:
         self._attempts.pop(correlation_id, None)
@@ -248,13 +255,20 @@ class PeerJournal(Replay):
     def overdue(self, requested_before_ms: int) -> list[Attempt]:
         """Attempts under way stamped before `requested_before_ms`, no answer journaled."""
         return [
-            Attempt(correlation_id, processor, requested_at_ms, self._pending[correlation_id][0])
+            Attempt(
+                correlation_id,
+                processor,
+                requested_at_ms,
+                self._pending[correlation_id][0],
+                self._sent_stamps[correlation_id],
+            )
             for correlation_id, (processor, requested_at_ms) in self._attempts.items()
             if requested_at_ms < requested_before_ms
         ]
 
     def dropped(self, correlation_id: str) -> None:
         self._attempts.pop(correlation_id, None)
+        self._sent_stamps.pop(correlation_id, None)
         self._pending_cents -= self._pending.pop(correlation_id, (0, 0))[0]
 
     def confirmed(self, entry: Confirmed) -> None:
@@ -265,6 +279,7 @@ class PeerJournal(Replay):
         else:
             self._pending_cents -= pending[0]
             self._attempts.pop(entry.correlation_id, None)
+            self._sent_stamps.pop(entry.correlation_id, None)
         self._ledger.record(
             entry.correlation_id,
             entry.processor,
