@@ -97,10 +97,7 @@ class Lease:
     async def silent_since(self, renewed_before_ms: int) -> list[str]:
         """The other replicas whose leases were last renewed before `renewed_before_ms`
         (the store's clock)."""
-        query = {
-            "_id": {"$regex": f"^{REPLICA_PREFIX}", "$ne": self._name},
-            "expiresMs": {"$lt": renewed_before_ms + LEASE_MS},
-        }
+        query = {**self._others(), "expiresMs": {"$lt": renewed_before_ms + LEASE_MS}}
         return [doc["_id"] async for doc in self._leases.find(query, {"_id": 1})]
 
     async def obeyed(self, at_ms: int, within: float) -> bool:
@@ -110,7 +107,7 @@ class Lease:
         deadline = self._loop.time() + within
         while True:
             query = {
-                "_id": {"$regex": f"^{REPLICA_PREFIX}", "$ne": self._name},
+                **self._others(),
                 "dead": {"$ne": True},
                 "expiresMs": {"$gte": now_ms() + self.clock_offset_ms},
             }
@@ -120,6 +117,10 @@ class Lease:
             if self._loop.time() >= deadline:
                 return False
             await asyncio.sleep(OBEYED_POLL)
+
+    def _others(self) -> Document:
+        """The other replicas' leases."""
+        return {"_id": {"$regex": f"^{REPLICA_PREFIX}", "$ne": self._name}}
 
     async def renew_forever(self) -> None:
         try:

@@ -119,13 +119,12 @@ class Takeover:
         """Up to `limit` of a dead run's claims, made this run's (those another replica
         moves meanwhile are its own), or None when it owns none; marked as moved, so that
         they are taken up even if an answer is lost."""
-        untaken, self.moved_untaken = self.moved_untaken, True
         owned = owned_since(self.purged_at_ms, dead)
         found = self._claims.find(owned, {"_id": 1}).limit(max(limit, 1))
         ids = [doc["_id"] async for doc in found]
         if not ids:
-            self.moved_untaken = untaken
             return None
+        untaken, self.moved_untaken = self.moved_untaken, True
         await self._claims.update_many(
             {**owned, "_id": {"$in": ids}}, {"$set": {"owner": self._name, "takenFrom": dead}}
         )
